@@ -1,0 +1,73 @@
+"""Shared helpers of the benchmark scripts: machine description, data location, result files."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+
+
+def data_dir() -> Path | None:
+    """The paper's images: $OSCFAST_DATA, else ../shared/data beside the repo, else None."""
+    candidates = [os.environ.get("OSCFAST_DATA"), REPO / ".shared_data", REPO.parent / "shared" / "data"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import torch
+
+    info: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def machine_tag(info: dict[str, Any]) -> str:
+    """Short file-name tag: the GPU name or 'cpu<N>'."""
+    if "gpu" in info:
+        return info["gpu"].replace("NVIDIA ", "").split()[0].lower()
+    return f"cpu{info['cpu_count']}"
+
+
+def write_results(name: str, markdown: str, payload: dict[str, Any], out_dir: Path | None = None) -> Path:
+    """Write ``<name>.md`` and ``<name>.json`` into the results folder (or ``out_dir``)."""
+    folder = Path(out_dir) if out_dir else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.md").write_text(markdown)
+    (folder / f"{name}.json").write_text(json.dumps(payload, indent=1, default=_json_default))
+    return folder / f"{name}.md"
+
+
+def machine_header(info: dict[str, Any]) -> str:
+    """Markdown lines naming the machine."""
+    lines = [f"- {key}: {value}" for key, value in info.items()]
+    return "\n".join(lines)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,72 @@
+"""Plain numpy reference for the chord curvature (method.md section 4).
+
+Written to be obviously correct, not fast: the tests compare the numba kernels against it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["chord_curvature_reference", "trailing_mean"]
+
+
+def trailing_mean(p: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean Pbar_t = mean(P[max(0, t-w+1) .. t]) (method.md section 4, step 1).
+
+    For t < w-1 it averages the points available so far.
+
+    Args:
+        p: 1-D curve.
+        window: w >= 1.
+
+    Returns:
+        float64 array of the same length.
+
+    Example:
+        >>> trailing_mean(np.array([1.0, 3.0, 5.0, 7.0]), 2).tolist()
+        [1.0, 2.0, 4.0, 6.0]
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    p = np.asarray(p, dtype=np.float64)
+    out = np.empty_like(p)
+    for t in range(p.shape[0]):
+        out[t] = p[max(0, t - window + 1) : t + 1].mean()
+    return out
+
+
+def chord_curvature_reference(
+    p: np.ndarray, half_window: int, smoothing: int, t_max: float
+) -> np.ndarray:
+    """Chord curvature kappa_t by the book: rotate each segment, ``np.polyfit`` a parabola.
+
+    Args:
+        p: raw P values.
+        half_window: L >= 2.
+        smoothing: w >= 1.
+        t_max: iteration cap (> 0) scaling the u axis.
+
+    Returns:
+        float64 array of length N, kappa_t for L <= t <= N-1-L and NaN elsewhere.
+    """
+    if half_window < 2 or smoothing < 1 or not t_max > 0:
+        raise ValueError(
+            f"need half_window >= 2, smoothing >= 1, t_max > 0; "
+            f"got {half_window}, {smoothing}, {t_max}"
+        )
+    v = trailing_mean(p, smoothing)
+    n = v.shape[0]
+    u = np.arange(n, dtype=np.float64) / t_max
+    kappa = np.full(n, np.nan)
+    for t in range(half_window, n - half_window):
+        seg = slice(t - half_window, t + half_window + 1)
+        us, vs = u[seg] - u[t - half_window], v[seg] - v[t - half_window]
+        theta = math.atan2(vs[-1], us[-1])
+        c, s = math.cos(theta), math.sin(theta)
+        ur = c * us + s * vs
+        vr = -s * us + c * vs
+        a = np.polyfit(ur, vr, 2)[0]
+        kappa[t] = 2.0 * a
+    return kappa

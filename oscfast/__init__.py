@@ -1,0 +1,63 @@
+"""oscfast: Deep Image Prior restoration that stops by itself (Orthogonal Stopping Criterion).
+
+Example:
+    >>> from oscfast import restore
+    >>> result = restore("noisy.png", task="denoise")  # doctest: +SKIP
+    >>> result.save("restored.png")  # doctest: +SKIP
+
+Heavy modules load on first use, so ``import oscfast`` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "restore": "oscfast.api",
+    "Restoration": "oscfast.api",
+    "History": "oscfast.api",
+    "TASKS": "oscfast.api",
+    "DIPConfig": "oscfast.config",
+    "StopConfig": "oscfast.config",
+    "OSCStopper": "oscfast.stopping",
+    "StopDecision": "oscfast.stopping",
+    "Task": "oscfast.tasks",
+    "Denoise": "oscfast.tasks",
+    "JPEG": "oscfast.tasks",
+    "SuperResolution": "oscfast.tasks",
+    "Inpaint": "oscfast.tasks",
+    "RestorePixels": "oscfast.tasks",
+    "Deblur": "oscfast.tasks",
+    "CustomOperator": "oscfast.tasks",
+    "degrade": "oscfast.degrade",
+    "load_image": "oscfast.io",
+    "save_image": "oscfast.io",
+    "psnr": "oscfast.metrics",
+    "TooLargeError": "oscfast.memory",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from oscfast.api import TASKS, History, Restoration, restore
+    from oscfast.config import DIPConfig, StopConfig
+    from oscfast.degrade import degrade
+    from oscfast.io import load_image, save_image
+    from oscfast.memory import TooLargeError
+    from oscfast.metrics import psnr
+    from oscfast.stopping import OSCStopper, StopDecision
+    from oscfast.tasks import JPEG, CustomOperator, Deblur, Denoise, Inpaint, RestorePixels, SuperResolution, Task
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'oscfast' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,536 @@
+"""Make test observations from a clean image (reference-configs.md sections 1 and 3-6).
+
+Every helper takes a numpy image of shape (H, W) or (H, W, C), floating point with values in
+[0, 1], and returns float32 numpy arrays. 8-bit steps (JPEG, the PIL Lanczos resize) convert with
+rounding, ``round(x * 255)``, so an image loaded as ``uint8 / 255`` survives the round trip exactly.
+
+The blur observation uses :class:`oscfast.operators.BlurOperator`, the deblurring task's forward
+operator, so y = A(x) holds for the operator the task will use.
+"""
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from oscfast.operators import BlurOperator, gaussian_kernel
+
+__all__ = [
+    "Task",
+    "TASKS",
+    "add_gaussian_noise",
+    "apply_mask",
+    "blur",
+    "crop_to_multiple",
+    "degrade",
+    "downsample",
+    "jpeg_compress",
+    "random_pixel_mask",
+    "text_mask",
+]
+
+Task = Literal["denoise", "jpeg", "super_resolution", "inpaint", "restore_pixels", "deblur"]
+
+#: Default Gaussian blur width (pixels) of :func:`blur` when neither sigma nor kernel is given.
+#: Not from the DIP paper (which has no deblurring experiment); a common moderate blur.
+DEFAULT_BLUR_SIGMA = 2.0
+
+
+# --------------------------------------------------------------------------------------------
+# Validation and 8-bit conversion
+# --------------------------------------------------------------------------------------------
+def _check_image(image: object, name: str = "image") -> np.ndarray:
+    """Return ``image`` as a float array after checking ndim, dtype and range."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(image).__name__}")
+    if image.ndim not in (2, 3):
+        raise ValueError(f"{name} must have shape (H, W) or (H, W, C), got {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0 or (image.ndim == 3 and image.shape[2] == 0):
+        raise ValueError(f"{name} is empty: shape {image.shape}")
+    if not np.issubdtype(image.dtype, np.floating):
+        hint = " (divide a uint8 image by 255)" if image.dtype == np.uint8 else ""
+        raise TypeError(
+            f"{name} must be a float array with values in [0, 1], got {image.dtype}{hint}"
+        )
+    lo, hi = float(np.min(image)), float(np.max(image))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"{name} values must lie in [0, 1], got range [{lo:.6g}, {hi:.6g}]")
+    return image
+
+
+def _check_shape_hw(shape_hw: Sequence[int]) -> tuple[int, int]:
+    try:
+        h, w = (int(s) for s in shape_hw)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape_hw must be a pair (H, W) of integers, got {shape_hw!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"shape_hw must be positive, got {(h, w)}")
+    return h, w
+
+
+def _check_positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _pil_channels(image: np.ndarray) -> list[Image.Image]:
+    """Split an 8-bit image into PIL images: one RGB image, or one 'L' image per channel."""
+    u8 = _to_uint8(image)
+    if u8.ndim == 2 or u8.shape[2] == 3:
+        return [Image.fromarray(u8)]
+    return [Image.fromarray(np.ascontiguousarray(u8[..., c])) for c in range(u8.shape[2])]
+
+
+def _from_pil(images: list[Image.Image], like: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_pil_channels`, returning float32 in [0, 1] with ``like``'s layout."""
+    if like.ndim == 2 or like.shape[2] == 3:
+        out = np.asarray(images[0])
+    else:
+        out = np.stack([np.asarray(im) for im in images], axis=-1)
+    return out.astype(np.float32) / np.float32(255.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Observations
+# --------------------------------------------------------------------------------------------
+def add_gaussian_noise(
+    image: np.ndarray, sigma: float = 25 / 255, *, seed: int = 0, clip: bool = True
+) -> np.ndarray:
+    """Add i.i.d. Gaussian noise, as in the reference denoising setup (section 3).
+
+    The noise is drawn in float64 from ``numpy.random.default_rng(seed)`` and added to the float64
+    image; the sum is clipped to [0, 1] (unless ``clip=False``) and cast to float32. It is not
+    quantised to 8 bits.
+
+    Args:
+        image: Clean image (H, W) or (H, W, C), float in [0, 1].
+        sigma: Noise standard deviation on the [0, 1] scale (25/255 in the DIP paper).
+        seed: Seed of the noise generator.
+        clip: Clip the noisy image to [0, 1].
+
+    Returns:
+        Noisy float32 image, same shape as ``image``.
+
+    Raises:
+        ValueError: If ``image`` is invalid or ``sigma`` is negative or not finite.
+        TypeError: If ``image`` is not a float numpy array.
+
+    Example:
+        >>> y = add_gaussian_noise(np.full((8, 8, 3), 0.5, np.float32), seed=1)
+        >>> y.shape, y.dtype
+        ((8, 8, 3), dtype('float32'))
+    """
+    image = _check_image(image)
+    sigma = float(sigma)
+    if not math.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"sigma must be a non-negative finite number, got {sigma!r}")
+    rng = np.random.default_rng(seed)
+    noisy = image.astype(np.float64) + rng.normal(0.0, sigma, size=image.shape)
+    if clip:
+        noisy = np.clip(noisy, 0.0, 1.0)
+    return noisy.astype(np.float32)
+
+
+def jpeg_compress(image: np.ndarray, quality: int = 10) -> np.ndarray:
+    """JPEG round trip through Pillow at the given quality (8-bit).
+
+    Grayscale images ((H, W) or (H, W, 1)) are encoded as 8-bit grayscale JPEG and keep their
+    shape; RGB images are encoded with Pillow's defaults for the quality (4:2:0 chroma
+    subsampling, standard quantisation tables scaled by ``quality``).
+
+    Args:
+        image: Clean image (H, W), (H, W, 1) or (H, W, 3), float in [0, 1].
+        quality: JPEG quality, 1 (worst) to 100.
+
+    Returns:
+        Decoded float32 image (uint8 / 255), same shape as ``image``.
+
+    Raises:
+        ValueError: If ``image`` is invalid, has a channel count other than 1 or 3, or
+            ``quality`` is outside 1..100.
+        TypeError: If ``image`` is not a float numpy array.
+
+    Example:
+        >>> jpeg_compress(np.full((16, 16), 0.5, np.float32), quality=50).shape
+        (16, 16)
+    """
+    image = _check_image(image)
+    if (
+        isinstance(quality, bool)
+        or not isinstance(quality, (int, np.integer))
+        or not 1 <= quality <= 100
+    ):
+        raise ValueError(f"quality must be an integer in 1..100, got {quality!r}")
+    if image.ndim == 3 and image.shape[2] not in (1, 3):
+        raise ValueError(f"JPEG needs 1 or 3 channels, image has shape {image.shape}")
+    (pil,) = _pil_channels(image)
+    buffer = io.BytesIO()
+    pil.save(buffer, format="JPEG", quality=int(quality))
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        out = np.asarray(decoded.convert(pil.mode))
+    return (out.astype(np.float32) / np.float32(255.0)).reshape(image.shape)
+
+
+def crop_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
+    """Centre-crop H and W down to multiples of ``multiple`` (upstream ``crop_image``, section 1).
+
+    The new size is H - H mod d by W - W mod d and the top/left offset is the floor of half the
+    excess. (The SR loader of section 4 rounds that offset half-to-even through PIL instead; the two
+    differ by one pixel only when the excess is odd and its floored half is odd.)
+
+    Args:
+        image: Array (H, W) or (H, W, C) (any dtype; masks work too).
+        multiple: The divisor d.
+
+    Returns:
+        A view of ``image`` of shape (H', W'[, C]).
+
+    Raises:
+        ValueError: If ``image`` is not 2-D/3-D, ``multiple`` is not a positive integer, or the
+            image is smaller than ``multiple`` along an axis.
+
+    Example:
+        >>> crop_to_multiple(np.zeros((261, 400, 3)), 32).shape
+        (256, 384, 3)
+    """
+    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
+        shape = getattr(image, "shape", type(image).__name__)
+        raise ValueError(f"image must be a numpy array (H, W) or (H, W, C), got {shape}")
+    d = _check_positive_int(multiple, "multiple")
+    h, w = image.shape[:2]
+    h2, w2 = h - h % d, w - w % d
+    if h2 == 0 or w2 == 0:
+        raise ValueError(f"image of size {h}x{w} is smaller than the multiple {d}")
+    top, left = (h - h2) // 2, (w - w2) // 2
+    return image[top : top + h2, left : left + w2]
+
+
+def downsample(image: np.ndarray, factor: int = 4) -> np.ndarray:
+    """Reference SR observation: PIL Lanczos resize by ``factor`` (section 4).
+
+    The image is converted to 8 bits (rounding), resized with Pillow's ``Image.LANCZOS`` (the old
+    ``Image.ANTIALIAS``: Lanczos-3 with antialiasing) to (W / factor, H / factor), and returned as
+    uint8 / 255. This is *not* the Lanczos-2 loss operator
+    (:class:`oscfast.operators.LanczosDownsampler`): the paper used the two on purpose. Crop first
+    with :func:`crop_to_multiple` (the paper crops HR to a multiple of 32).
+
+    Args:
+        image: HR image (H, W) or (H, W, C), float in [0, 1], H and W multiples of ``factor``.
+        factor: Integer downsampling factor.
+
+    Returns:
+        Float32 LR image (H / factor, W / factor[, C]).
+
+    Raises:
+        ValueError: If ``image`` is invalid, ``factor`` is not a positive integer, or H or W is not
+            a multiple of ``factor``.
+        TypeError: If ``image`` is not a float numpy array.
+
+    Example:
+        >>> downsample(np.zeros((32, 64, 3), np.float32), 4).shape
+        (8, 16, 3)
+    """
+    image = _check_image(image)
+    f = _check_positive_int(factor, "factor")
+    h, w = image.shape[:2]
+    if h % f or w % f:
+        raise ValueError(
+            f"image size {h}x{w} is not a multiple of factor {f}; crop it first "
+            f"(crop_to_multiple(image, {f}))"
+        )
+    size = (w // f, h // f)
+    resized = [im.resize(size, Image.Resampling.LANCZOS) for im in _pil_channels(image)]
+    return _from_pil(resized, image)
+
+
+def _check_mask(mask: object, h: int, w: int) -> np.ndarray:
+    """Return ``mask`` as float32 (H, W) or (H, W, C) after checking its shape and values."""
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"mask must be a numpy array, got {type(mask).__name__}")
+    if mask.ndim not in (2, 3) or mask.shape[:2] != (h, w):
+        raise ValueError(f"mask has shape {mask.shape}, image is ({h}, {w}[, C])")
+    m = mask.astype(np.float32)
+    if not np.all((m == 0) | (m == 1)):
+        hint = " (divide a {0, 255} mask by 255)" if m.max() == 255 else ""
+        raise ValueError(f"mask values must be 0 or 1 (1 = observed){hint}")
+    return m
+
+
+def apply_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Observation y = x * m for inpainting and pixel restoration (sections 5-6).
+
+    Args:
+        image: Clean image (H, W) or (H, W, C), float in [0, 1].
+        mask: {0, 1} mask (H, W), (H, W, 1) or (H, W, C) (bool accepted); 1 = observed. A
+            one-channel mask is broadcast over the image's channels.
+
+    Returns:
+        Float32 masked image, same shape as ``image``.
+
+    Raises:
+        ValueError: If the shapes do not match or the mask is not binary.
+        TypeError: If ``image`` or ``mask`` is not a numpy array (or ``image`` is not float).
+
+    Example:
+        >>> float(apply_mask(np.ones((4, 4, 3), np.float32), np.zeros((4, 4))).max())
+        0.0
+    """
+    image = _check_image(image)
+    h, w = image.shape[:2]
+    m = _check_mask(mask, h, w)
+    if image.ndim == 2:
+        if m.ndim == 3 and m.shape[2] != 1:
+            raise ValueError(f"mask has shape {mask.shape}, grayscale image is {image.shape}")
+        m = m.reshape(h, w)
+    else:
+        if m.ndim == 2:
+            m = m[..., None]
+        if m.shape[2] not in (1, image.shape[2]):
+            raise ValueError(f"mask has shape {mask.shape}, image is {image.shape}")
+    return (image * m).astype(np.float32)
+
+
+def random_pixel_mask(
+    shape_hw: Sequence[int], keep: float = 0.5, *, seed: int = 0, channels: int = 1
+) -> np.ndarray:
+    """I.i.d. Bernoulli keep mask, as in the restoration notebook (section 6).
+
+    Each entry is 1 with probability ``keep``, independently. With ``channels=1`` (the default and
+    the upstream setup) one mask is shared by all image channels; with ``channels=C`` each channel
+    gets its own.
+
+    Args:
+        shape_hw: Image size (H, W).
+        keep: Probability that a pixel is observed, in [0, 1] (0.5 for Barbara, 0.02 for the
+            restoration Kate).
+        seed: Seed of ``numpy.random.default_rng``.
+        channels: Number of independent mask channels.
+
+    Returns:
+        Float32 {0, 1} array (H, W, channels).
+
+    Raises:
+        ValueError: If ``shape_hw``, ``keep`` or ``channels`` is invalid.
+
+    Example:
+        >>> random_pixel_mask((4, 5), 0.5, seed=3).shape
+        (4, 5, 1)
+    """
+    h, w = _check_shape_hw(shape_hw)
+    keep = float(keep)
+    if not 0.0 <= keep <= 1.0:
+        raise ValueError(f"keep must be in [0, 1], got {keep!r}")
+    c = _check_positive_int(channels, "channels")
+    rng = np.random.default_rng(seed)
+    return (rng.random((h, w, c)) < keep).astype(np.float32)
+
+
+def text_mask(shape_hw: Sequence[int], *, seed: int = 0, coverage: float = 0.05) -> np.ndarray:
+    """Synthetic text-like inpainting mask (holes = thin glyph strokes), for images without one.
+
+    Words of 2-7 random glyphs are placed at random positions; each glyph is 2-4 straight strokes
+    between points of a 3 x 3 grid in a cell of height ~min(H, W) / 24 (at least 5 px), drawn
+    1-2 px thick. Words are added until at least ``coverage`` of the pixels are holes, so the
+    missing fraction is ``coverage`` plus at most one word. The reference Kate mask misses 4.3 %.
+
+    Args:
+        shape_hw: Image size (H, W).
+        seed: Seed of ``numpy.random.default_rng``.
+        coverage: Target fraction of missing pixels, in (0, 0.5].
+
+    Returns:
+        Float32 {0, 1} array (H, W, 1); 1 = observed, 0 = hole.
+
+    Raises:
+        ValueError: If ``shape_hw`` or ``coverage`` is invalid.
+
+    Example:
+        >>> m = text_mask((128, 128), seed=0)
+        >>> bool(0.04 < 1 - m.mean() < 0.1)
+        True
+    """
+    h, w = _check_shape_hw(shape_hw)
+    coverage = float(coverage)
+    if not 0.0 < coverage <= 0.5:
+        raise ValueError(f"coverage must be in (0, 0.5], got {coverage!r}")
+    rng = np.random.default_rng(seed)
+    holes = np.zeros((h, w), dtype=bool)
+    glyph_h = max(5, round(min(h, w) / 24))
+    glyph_w = max(3, round(0.6 * glyph_h))
+    target = coverage * h * w
+    anchors_y = np.array([0.0, 0.5, 1.0]) * (glyph_h - 1)
+    anchors_x = np.array([0.0, 0.5, 1.0]) * (glyph_w - 1)
+    missing = 0
+    while missing < target:
+        n_glyphs = int(rng.integers(2, 8))
+        y0 = int(rng.integers(-glyph_h // 2, h))
+        x0 = int(rng.integers(-glyph_w, w))
+        thick = int(rng.integers(1, 3))
+        ys: list[np.ndarray] = []
+        xs: list[np.ndarray] = []
+        for g in range(n_glyphs):
+            gx = x0 + g * (glyph_w + 2)
+            for _ in range(int(rng.integers(2, 5))):
+                a, b = rng.choice(9, size=2, replace=False)
+                p0 = np.array([anchors_y[a // 3], anchors_x[a % 3]])
+                p1 = np.array([anchors_y[b // 3], anchors_x[b % 3]])
+                n = int(math.ceil(2 * np.abs(p1 - p0).max())) + 1
+                s = np.linspace(0.0, 1.0, n)[:, None]
+                pts = np.rint(p0 + s * (p1 - p0)).astype(np.int64)
+                for dy in range(thick):
+                    for dx in range(thick):
+                        ys.append(pts[:, 0] + y0 + dy)
+                        xs.append(pts[:, 1] + gx + dx)
+        yy, xx = np.concatenate(ys), np.concatenate(xs)
+        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        holes[yy[inside], xx[inside]] = True
+        missing = int(holes.sum())
+    return (~holes).astype(np.float32)[..., None]
+
+
+def blur(
+    image: np.ndarray,
+    *,
+    sigma: float | None = None,
+    kernel: np.ndarray | torch.Tensor | None = None,
+) -> np.ndarray:
+    """Blur observation y = A(x) with the deblurring task's operator (:class:`BlurOperator`).
+
+    Give either a Gaussian ``sigma`` or an explicit ``kernel`` (used as given, not renormalised;
+    see :class:`oscfast.operators.BlurOperator` for the convolution and border conventions). With
+    neither, a Gaussian with sigma = ``DEFAULT_BLUR_SIGMA`` (2 px) is used. The convolution runs in
+    float64 and the result is cast to float32; it is not clipped, so y = A(x) holds exactly up to
+    the float32 cast.
+
+    Args:
+        image: Clean image (H, W) or (H, W, C), float in [0, 1].
+        sigma: Gaussian blur standard deviation in pixels (kernel from :func:`gaussian_kernel`).
+        kernel: 2-D blur kernel.
+
+    Returns:
+        Blurred float32 image, same shape as ``image``.
+
+    Raises:
+        ValueError: If both ``sigma`` and ``kernel`` are given, or either is invalid.
+        TypeError: If ``image`` is not a float numpy array.
+
+    Example:
+        >>> float(blur(np.full((8, 8), 0.25, np.float32), sigma=1.0).max())
+        0.25
+    """
+    image = _check_image(image)
+    if sigma is not None and kernel is not None:
+        raise ValueError("give either sigma or kernel, not both")
+    if kernel is None:
+        kernel = gaussian_kernel(DEFAULT_BLUR_SIGMA if sigma is None else sigma)
+    op = BlurOperator(kernel)
+    chw = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+    x = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float64))[None]
+    with torch.no_grad():
+        y = op(x)[0].numpy()
+    out = y[0] if image.ndim == 2 else np.moveaxis(y, 0, -1)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Dispatcher
+# --------------------------------------------------------------------------------------------
+#: Options accepted by :func:`degrade` for each task (besides ``seed``).
+TASKS: dict[str, tuple[str, ...]] = {
+    "denoise": ("sigma", "clip"),
+    "jpeg": ("quality",),
+    "super_resolution": ("factor",),
+    "inpaint": ("mask", "coverage"),
+    "restore_pixels": ("keep", "channels"),
+    "deblur": ("sigma", "kernel"),
+}
+
+
+def degrade(
+    image: np.ndarray, task: Task | str, *, seed: int = 0, **options: Any
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Make the observation of ``image`` for one restoration task.
+
+    Tasks, their options (defaults) and what they return:
+
+    - ``"denoise"``: sigma (25/255), clip (True) -> noisy image.
+    - ``"jpeg"``: quality (10) -> decoded JPEG.
+    - ``"super_resolution"``: factor (4) -> LR image (H / factor, W / factor).
+    - ``"inpaint"``: mask (default ``text_mask(seed=seed)``), coverage (0.05) -> (observed, mask).
+    - ``"restore_pixels"``: keep (0.5), channels (1) -> (observed, mask).
+    - ``"deblur"``: sigma (2.0) or kernel -> blurred image.
+
+    ``seed`` seeds the noise (denoise) and the generated masks (inpaint without ``mask``,
+    restore_pixels); the other tasks are deterministic and ignore it. ``coverage`` applies only to
+    a generated text mask.
+
+    Args:
+        image: Clean image (H, W) or (H, W, C), float in [0, 1].
+        task: One of the task names above.
+        seed: Random seed.
+        **options: Task options from the table.
+
+    Returns:
+        The observation (float32), or ``(observation, mask)`` for the masked tasks, the mask being
+        float32 {0, 1} of shape (H, W, 1) unless given.
+
+    Raises:
+        ValueError: For an unknown task or option, an invalid image or invalid option values.
+        TypeError: If ``image`` is not a float numpy array.
+
+    Example:
+        >>> x = np.full((32, 32, 3), 0.5, np.float32)
+        >>> degrade(x, "super_resolution", factor=4).shape
+        (8, 8, 3)
+        >>> y, m = degrade(x, "restore_pixels", keep=0.25, seed=1)
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    valid = TASKS[task]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for task {task!r}; "
+            f"valid options: {', '.join(valid) or 'none'} (and seed)"
+        )
+    image = _check_image(image)
+    if task == "denoise":
+        return add_gaussian_noise(
+            image, options.get("sigma", 25 / 255), seed=seed, clip=options.get("clip", True)
+        )
+    if task == "jpeg":
+        return jpeg_compress(image, options.get("quality", 10))
+    if task == "super_resolution":
+        return downsample(image, options.get("factor", 4))
+    if task == "deblur":
+        return blur(image, sigma=options.get("sigma"), kernel=options.get("kernel"))
+    h, w = image.shape[:2]
+    if task == "inpaint":
+        mask = options.get("mask")
+        if mask is None:
+            mask = text_mask((h, w), seed=seed, coverage=options.get("coverage", 0.05))
+        elif "coverage" in options:
+            raise ValueError("coverage applies only to a generated mask; do not give it with mask")
+        else:
+            mask = _check_mask(mask, h, w)
+        return apply_mask(image, mask), mask
+    # restore_pixels
+    mask = random_pixel_mask(
+        (h, w), options.get("keep", 0.5), seed=seed, channels=options.get("channels", 1)
+    )
+    if image.ndim == 2 and mask.shape[2] != 1:
+        raise ValueError(f"channels must be 1 for a grayscale image, got {mask.shape[2]}")
+    return apply_mask(image, mask), mask

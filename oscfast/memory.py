@@ -1,0 +1,91 @@
+"""Estimate the memory of a DIP run before allocating it, and refuse runs that cannot fit."""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from oscfast.config import DIPConfig
+from oscfast.models import build_net
+
+__all__ = ["TooLargeError", "estimate_run_bytes", "available_bytes", "check_memory"]
+
+_FLOAT = 4
+#: backward keeps roughly the forward activations plus their gradients and workspace
+_ACTIVATION_FACTOR = 3.0
+
+
+class TooLargeError(ValueError, MemoryError):
+    """The run would not fit in the device's memory."""
+
+
+def _activation_elements(config: DIPConfig, output_channels: int, height: int, width: int) -> int:
+    """Sum of the output sizes of every leaf module for one forward pass, counted on the
+    meta device (no memory is touched)."""
+    with torch.device("meta"):
+        net = build_net(config.net, output_channels)
+        total = 0
+
+        def count(_module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            nonlocal total
+            if isinstance(output, torch.Tensor):
+                total += output.numel()
+
+        hooks = [m.register_forward_hook(count) for m in net.modules() if not list(m.children())]
+        net(torch.empty(1, config.net.input_channels, height, width))
+        for hook in hooks:
+            hook.remove()
+        parameters = sum(p.numel() for p in net.parameters())
+    return total, parameters
+
+
+def estimate_run_bytes(
+    output_shape: tuple[int, int, int], config: DIPConfig, *, ring_size: int
+) -> int:
+    """Bytes a run needs: activations (forward + backward), parameters with their gradient and
+    two Adam moments, the ring buffers of recent raw and averaged outputs, and the input."""
+    channels, height, width = output_shape
+    multiple = config.net.stride_multiple
+    canvas_h = math.ceil(height / multiple) * multiple
+    canvas_w = math.ceil(width / multiple) * multiple
+    activations, parameters = _activation_elements(config, channels, canvas_h, canvas_w)
+    image = channels * height * width
+    total = (
+        _ACTIVATION_FACTOR * activations
+        + 4 * parameters
+        + (2 * ring_size + 8) * image
+        + 3 * config.net.input_channels * canvas_h * canvas_w
+        + 4 * config.max_iterations
+    )
+    return int(total * _FLOAT)
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory on ``device`` (MemAvailable for the CPU)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def check_memory(needed: int, device: torch.device, *, headroom: float = 0.9) -> None:
+    """Raise :class:`TooLargeError` when ``needed`` bytes exceed the free memory.
+
+    Raises:
+        TooLargeError: with the estimate and what is free, in GiB.
+    """
+    free = available_bytes(device)
+    if needed > headroom * free:
+        raise TooLargeError(
+            f"this image is too large for memory on {device.type}: the run needs about "
+            f"{needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB are free; use a smaller image, "
+            "fewer iterations (the ring buffer grows with the stop window) or another device"
+        )

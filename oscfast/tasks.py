@@ -1,0 +1,253 @@
+"""Inverse problems as objects with a forward operator (method.md section 1).
+
+The engine only calls ``task.forward(x)``, ``task.pseudo_noise(std, seed)``, ``task.loss``
+and ``task.finalize``: a new task is a new subclass, never a change to the engine.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from oscfast import operators
+from oscfast.stopping import gaussian_pseudo_noise, masked_uniform_pseudo_noise
+
+__all__ = [
+    "Task",
+    "Denoise",
+    "JPEG",
+    "SuperResolution",
+    "Inpaint",
+    "RestorePixels",
+    "Deblur",
+    "CustomOperator",
+]
+
+OutputKind = Literal["ema", "raw"]
+
+
+class Task(nn.Module):
+    """Base class: an observation y and a forward operator A with y ~ A(x).
+
+    Args:
+        observation: the measurement, shape (1, C, h, w), float in [0, 1].
+        output_size: (H, W) of the image to reconstruct.
+
+    Shape:
+        forward: (1, C, H, W) -> measurement shape (1, C, h, w).
+    """
+
+    name: ClassVar[str] = "task"
+    #: which image the task returns at the chosen iteration by default (method.md section 5)
+    default_output: ClassVar[OutputKind] = "raw"
+
+    def __init__(self, observation: torch.Tensor, output_size: tuple[int, int]) -> None:
+        super().__init__()
+        if observation.ndim != 4 or observation.shape[0] != 1:
+            raise ValueError(f"observation must have shape (1, C, h, w), got {tuple(observation.shape)}")
+        self.register_buffer("observation", observation.float().contiguous())
+        self.output_size = (int(output_size[0]), int(output_size[1]))
+
+    @property
+    def channels(self) -> int:
+        """Number of image channels."""
+        return int(self.observation.shape[1])
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the reconstruction."""
+        return (self.channels, *self.output_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - the operator A
+        raise NotImplementedError
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """A^T y for linear operators (used by export and evaluation, not by the engine)."""
+        raise NotImplementedError(f"task {self.name!r} has no adjoint")
+
+    def pseudo_noise(self, std: float, *, seed: int) -> torch.Tensor:
+        """Pseudo-noise in measurement space (method.md section 2): Gaussian by default."""
+        return gaussian_pseudo_noise(tuple(self.observation.shape), std, seed=seed)
+
+    def loss(self, measured: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean squared error over all measurement entries (as the reference notebooks)."""
+        return torch.mean((measured - target) ** 2)
+
+    def finalize(self, image: torch.Tensor) -> torch.Tensor:
+        """Post-process the returned image (e.g. put known pixels back). Identity here."""
+        return image
+
+    def noise_level(self) -> float:
+        """Std of the measurement noise e in y = A x + e (used by the "risk" stop rule).
+        0 here: the observation is exact (an ideal LR image, known pixels)."""
+        return 0.0
+
+
+def estimate_noise_level(observation: torch.Tensor) -> float:
+    """Gaussian noise std of an image, by scikit-image's wavelet (MAD) estimator."""
+    from skimage.restoration import estimate_sigma
+
+    image = observation.detach().cpu()[0].permute(1, 2, 0).numpy().astype("float64")
+    return float(estimate_sigma(image, channel_axis=-1, average_sigmas=True))
+
+
+class Denoise(Task):
+    """Gaussian (or other additive) noise: A is the identity."""
+
+    name = "denoise"
+    default_output = "ema"
+
+    def __init__(self, observation: torch.Tensor) -> None:
+        super().__init__(observation, tuple(observation.shape[-2:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+    def noise_level(self) -> float:
+        return estimate_noise_level(self.observation)
+
+
+class JPEG(Denoise):
+    """Blind JPEG-artefact removal: A is the identity, the target is the JPEG image."""
+
+    name = "jpeg"
+
+
+class SuperResolution(Task):
+    """x``factor`` super-resolution; A is the Lanczos-2 half-phase downsampler
+    (reference-configs.md section 4)."""
+
+    name = "super_resolution"
+
+    def __init__(self, observation: torch.Tensor, factor: int = 4) -> None:
+        if int(factor) != factor or factor < 2:
+            raise ValueError(f"factor must be an integer >= 2, got {factor}")
+        factor = int(factor)
+        height, width = observation.shape[-2:]
+        super().__init__(observation, (height * factor, width * factor))
+        self.factor = factor
+        self.downsampler = operators.LanczosDownsampler(factor, observation.shape[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.downsampler(x)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self.downsampler.adjoint(y)
+
+
+class Inpaint(Task):
+    """Fill holes; A multiplies by the known-pixel mask (1 = known, 0 = hole).
+
+    Args:
+        observation: (1, C, H, W) image with holes.
+        mask: (1, 1 or C, H, W) in {0, 1}.
+        keep_known: return m * y + (1 - m) * x: known pixels are known (method.md section 5).
+    """
+
+    name = "inpaint"
+
+    def __init__(self, observation: torch.Tensor, mask: torch.Tensor, *, keep_known: bool = True) -> None:
+        super().__init__(observation, tuple(observation.shape[-2:]))
+        if mask.ndim != 4 or mask.shape[0] != 1 or mask.shape[-2:] != observation.shape[-2:] or mask.shape[1] not in (1, observation.shape[1]):
+            raise ValueError(
+                f"mask has shape {tuple(mask.shape)}, observation is {tuple(observation.shape)}"
+            )
+        if not bool(mask.any()):
+            raise ValueError("mask is all zeros: no pixel is known")
+        self.masking = operators.MaskOperator(mask.float())
+        self.keep_known = keep_known
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The known-pixel mask, (1, 1 or C, H, W)."""
+        return self.masking.mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.masking(x)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self.masking.adjoint(y)
+
+    def pseudo_noise(self, std: float, *, seed: int) -> torch.Tensor:
+        return masked_uniform_pseudo_noise(self.mask, std, channels=self.channels, seed=seed)
+
+    def finalize(self, image: torch.Tensor) -> torch.Tensor:
+        if not self.keep_known:
+            return image
+        return self.mask * self.observation + (1 - self.mask) * image
+
+
+class RestorePixels(Inpaint):
+    """Restore an image from a random subset of its pixels (the 'Barbara 50%' experiment)."""
+
+    name = "restore_pixels"
+
+
+class Deblur(Task):
+    """Deconvolution; A convolves with a known blur kernel."""
+
+    name = "deblur"
+
+    def __init__(self, observation: torch.Tensor, kernel: torch.Tensor) -> None:
+        super().__init__(observation, tuple(observation.shape[-2:]))
+        self.blur = operators.BlurOperator(kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blur(x)
+
+    def noise_level(self) -> float:
+        return estimate_noise_level(self.observation)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self.blur.adjoint(y)
+
+
+class CustomOperator(Task):
+    """Any differentiable callable x -> A(x) (a deepinv ``Physics`` object works too).
+
+    Args:
+        observation: the measurement y, (1, C', h, w).
+        operator: the forward operator; applied to (1, C, H, W) images in [0, 1].
+        output_shape: (C, H, W) of the image to reconstruct.
+        adjoint: optional A^T.
+    """
+
+    name = "custom"
+
+    def __init__(
+        self,
+        observation: torch.Tensor,
+        operator: Callable[[torch.Tensor], torch.Tensor],
+        output_shape: tuple[int, int, int],
+        adjoint: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(observation, (output_shape[1], output_shape[2]))
+        self._image_channels = int(output_shape[0])
+        self.operator = operator
+        self._adjoint = adjoint
+        probe = operator(torch.zeros((1, *output_shape), device=observation.device))
+        if tuple(probe.shape) != tuple(observation.shape):
+            raise ValueError(
+                f"operator maps a {tuple(output_shape)} image to {tuple(probe.shape)}, "
+                f"but the observation has shape {tuple(observation.shape)}"
+            )
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        return (self._image_channels, *self.output_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.operator(x)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        if self._adjoint is None:
+            adjoint = getattr(self.operator, "A_adjoint", None)
+            if adjoint is None:
+                return super().adjoint(y)
+            return adjoint(y)
+        return self._adjoint(y)
