@@ -23,10 +23,28 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, data_dir, machine, machine_header, machine_tag, write_results  # noqa: E402
 
-from oscfast import degrade as dg
+from oscfast import degradations as dg
 from oscfast import io
 from oscfast.api import restore
+from oscfast.config import StopConfig
 from oscfast.metrics import psnr
+from oscfast.stopping import make_stopper
+
+RULES = ("knee", "risk", "paper")
+
+
+def rule_choices(history: Any, cap: int, weight: float, default_output: str, sync_every: int = 25) -> dict[str, tuple[int | None, int | None, str]]:
+    """(chosen iteration, stop iteration, output) of every rule, replayed on one run's curves
+    as the engine feeds them (chunks of ``sync_every``)."""
+    choices = {}
+    for rule in RULES:
+        stopper = make_stopper(StopConfig(rule=rule), max_iterations=cap, risk_weight_value=weight)
+        for a in range(0, history.p.size, sync_every):
+            b = a + sync_every
+            stopper.update_p(history.p[a:b], history.loss[a:b], p_ema=history.p_ema[a:b], loss_ema=history.loss_ema[a:b])
+        output = getattr(stopper, "best_output", default_output) if stopper.best_iteration is not None else default_output
+        choices[rule] = (stopper.best_iteration, stopper.stop_iteration, output)
+    return choices
 
 
 @dataclass
@@ -165,11 +183,19 @@ def run_case(case: Case, args: argparse.Namespace, data: Path | None) -> dict[st
         "ms_per_iteration": 1000 * osc.seconds / osc.iterations_run,
         "osc_seconds": osc_seconds,
     }
+    for rule, (chosen, stopped, output) in rule_choices(h, cap, osc.risk_weight, osc.task_object.default_output).items():
+        curve = h.psnr_ema if output == "ema" else h.psnr_raw
+        index = chosen if chosen is not None else cap - 1
+        row[f"{rule}_output"] = output
+        row[f"{rule}_iteration"] = chosen
+        row[f"{rule}_online_iterations"] = stopped or cap
+        row[f"{rule}_accuracy"] = float(curve[index]) / float(h.psnr_raw.max())
+        row[f"{rule}_gap_dB"] = float(max(hp.psnr_raw.max(), hp.psnr_ema.max()) - curve[index])
     if args.curves:
         np.savez_compressed(
             args.out_dir / "curves" / f"{args.suite}-{case.name.split()[0].lower()}-{len(args.done)}.npz",
-            P=h.p, psnr=h.psnr_raw, psnr_ema=h.psnr_ema, loss=h.loss,
-            plain_psnr=hp.psnr_raw, plain_psnr_ema=hp.psnr_ema, cap=cap,
+            P=h.p, P_ema=h.p_ema, loss_ema=h.loss_ema, psnr=h.psnr_raw, psnr_ema=h.psnr_ema, loss=h.loss,
+            plain_psnr=hp.psnr_raw, plain_psnr_ema=hp.psnr_ema, cap=cap, risk_weight=osc.risk_weight,
         )
     return row
 
@@ -186,7 +212,19 @@ def table(rows: list[dict[str, Any]]) -> str:
         f"| {r['plain_max_raw']:.2f} / {r['plain_max_ema']:.2f} | {r['fixed_dB']:.2f} | {r['gap_dB']:.2f} | {r['ms_per_iteration']:.1f} |\n"
         for r in rows
     ]
-    return head + "".join(lines)
+    rules = (
+        "\n\nEvery rule replayed on the same OSC run's curves (PSNR of the task's default output at the "
+        "rule's iteration, before the known-pixel step; accuracy / gap_dB / iterations run online):\n\n"
+        "| case | " + " | ".join(f"{r} it. | {r} acc. | {r} gap dB | {r} its run" for r in RULES) + " |\n|"
+        + "---|" * (1 + 4 * len(RULES)) + "\n"
+        + "".join(
+            f"| {r['case']} | " + " | ".join(
+                f"{r[f'{k}_iteration']} | {100 * r[f'{k}_accuracy']:.1f}% | {r[f'{k}_gap_dB']:.2f} | {r[f'{k}_online_iterations']}"
+                for k in RULES) + " |\n"
+            for r in rows
+        )
+    )
+    return head + "".join(lines) + rules
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         write_results(name, header + table(rows), {"machine": info, "rows": rows}, args.out_dir)
     passed = sum(r["accuracy"] >= 0.95 for r in rows)
     print(f"{passed}/{len(rows)} cases at >= 95% accuracy")
+    for rule in RULES:
+        print(f"rule {rule}: {sum(r[f'{rule}_accuracy'] >= 0.95 for r in rows)}/{len(rows)} at >= 95%, "
+              f"mean gap {np.mean([r[f'{rule}_gap_dB'] for r in rows]):.2f} dB")
     return 0
 
 

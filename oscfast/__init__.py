@@ -31,7 +31,7 @@ _EXPORTS = {
     "RestorePixels": "oscfast.tasks",
     "Deblur": "oscfast.tasks",
     "CustomOperator": "oscfast.tasks",
-    "degrade": "oscfast.degrade",
+    "degrade": "oscfast.degradations",
     "load_image": "oscfast.io",
     "save_image": "oscfast.io",
     "psnr": "oscfast.metrics",
@@ -43,7 +43,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 if TYPE_CHECKING:  # pragma: no cover
     from oscfast.api import TASKS, History, Restoration, restore
     from oscfast.config import DIPConfig, StopConfig
-    from oscfast.degrade import degrade
+    from oscfast.degradations import degrade
     from oscfast.io import load_image, save_image
     from oscfast.memory import TooLargeError
     from oscfast.metrics import psnr

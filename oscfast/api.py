@@ -64,6 +64,9 @@ class History:
     psnr_raw: np.ndarray | None = None
     psnr_ema: np.ndarray | None = None
     risk: np.ndarray | None = None
+    risk_ema: np.ndarray | None = None
+    p_ema: np.ndarray | None = None
+    loss_ema: np.ndarray | None = None
 
     def as_dict(self) -> dict[str, np.ndarray]:
         """The curves that exist, by name."""
@@ -111,6 +114,7 @@ class Restoration:
     config: DIPConfig
     stop_config: StopConfig
     half_window: int | None = None
+    risk_weight: float | None = None
     task_object: Task | None = field(default=None, repr=False)
     engine_options: EngineOptions | None = field(default=None, repr=False)
 
@@ -193,7 +197,7 @@ def build_task(task: str, observation: np.ndarray, **options: Any) -> Task:
         keep_known = options.get("keep_known")
         keep_known = True if keep_known is None else bool(keep_known)
         if task == "restore_pixels" and options.get("mask") is None:
-            from oscfast.degrade import random_pixel_mask
+            from oscfast.degradations import random_pixel_mask
 
             keep = 0.5 if options.get("keep") is None else float(options["keep"])
             if not 0 < keep <= 1:
@@ -277,7 +281,8 @@ def restore(
         rule: the stop rule (see :class:`~oscfast.config.StopConfig`); default from stop_config.
         noise_level: std of the measurement noise for rule "risk" (default: estimated for
             denoise/jpeg/deblur, 0 for exact observations).
-        output: ``"ema"``, ``"raw"`` or ``"auto"`` (EMA for denoise/jpeg, raw otherwise).
+        output: ``"ema"``, ``"raw"`` or ``"auto"`` (rule "risk": the image with the lower
+            estimated risk; otherwise EMA for denoise/jpeg, raw for the other tasks).
         config, stop_config: full configurations, overriding the preset.
         mask, mask_threshold, keep, keep_known, factor, kernel, blur_sigma, operator,
             output_shape, adjoint: task options (see the README's task table).
@@ -360,7 +365,10 @@ def _to_restoration(
     stop_config: StopConfig,
     device: torch.device,
 ) -> Restoration:
-    kind = task.default_output if output == "auto" else output
+    if output == "auto":
+        kind = record.best_output or task.default_output
+    else:
+        kind = output
     chosen = record.raw_image if kind == "raw" else record.ema_image
     with torch.no_grad():
         final = task.to("cpu").finalize(chosen).clamp_(0, 1)
@@ -378,6 +386,7 @@ def _to_restoration(
         history=History(
             p=record.p, curvature=record.curvature, loss=record.loss,
             psnr_raw=record.psnr_raw, psnr_ema=record.psnr_ema, risk=record.risk,
+            risk_ema=record.risk_ema, p_ema=record.p_ema, loss_ema=record.loss_ema,
         ),
         task=task_name,
         osc_iteration=record.chosen_iteration,
@@ -393,5 +402,6 @@ def _to_restoration(
         config=config,
         stop_config=stop_config,
         half_window=record.half_window,
+        risk_weight=record.risk_weight,
         task_object=task,
     )

@@ -9,7 +9,7 @@ import numpy as np
 
 from oscfast import io
 from oscfast.api import Restoration, restore
-from oscfast.degrade import add_gaussian_noise
+from oscfast.degradations import add_gaussian_noise
 from oscfast.metrics import psnr
 
 __all__ = ["DemoReport", "demo_image", "run_demo"]

@@ -91,6 +91,11 @@ class RunRecord:
     patience: int | None
     generator_snapshot: GeneratorSnapshot | None = None
     risk: np.ndarray | None = None
+    risk_ema: np.ndarray | None = None
+    best_output: str | None = None
+    p_ema: np.ndarray | None = None
+    loss_ema: np.ndarray | None = None
+    risk_weight: float | None = None
 
     @property
     def stop_reason(self) -> str:
@@ -179,8 +184,9 @@ class _DeviceState:
             self.target = observation.clone()
         cap = config.max_iterations
         self.t = torch.zeros((), dtype=torch.long, device=device)
-        self.p = torch.zeros(cap, device=device)
-        self.loss = torch.zeros(cap, device=device)
+        # one buffer for everything the host reads each sync: P, loss, P and loss of the EMA
+        self.trace = torch.zeros((4, cap), device=device)
+        self.p, self.loss, self.p_ema, self.loss_ema = self.trace.unbind(0)
         self.reference = reference.to(device) if reference is not None else None
         self.psnr_raw = torch.zeros(cap, device=device) if reference is not None else None
         self.psnr_ema = torch.zeros(cap, device=device) if reference is not None else None
@@ -228,6 +234,10 @@ class _DeviceState:
             self.ema.lerp_(x, 1.0 - weight)
             if self.noise is not None:
                 self.p.index_copy_(0, index, projection(measured.detach(), self.noise, self.inv_noise_energy).view(1))
+                # the averaged output gets its own P and loss: the risk rule scores both images
+                measured_ema = task(self.ema)
+                self.p_ema.index_copy_(0, index, projection(measured_ema, self.noise, self.inv_noise_energy).view(1))
+                self.loss_ema.index_copy_(0, index, task.loss(measured_ema, self.target).view(1))
             self.loss.index_copy_(0, index, loss.detach().view(1))
             if self.reference is not None:
                 self.psnr_raw.index_copy_(0, index, psnr_torch(self.reference, x).view(1))
@@ -249,7 +259,7 @@ class _DeviceState:
         yield from self.net.buffers()
         for state in self.optimizer.state.values():
             yield from (value for value in state.values() if isinstance(value, torch.Tensor))
-        yield from (self.ema, self.t, self.p, self.loss)
+        yield from (self.ema, self.t, self.trace)
 
 
 def _capture_cuda_graph(state: _DeviceState, task: Task, warmup: int = 3) -> torch.cuda.CUDAGraph:
@@ -275,7 +285,7 @@ def _capture_cuda_graph(state: _DeviceState, task: Task, warmup: int = 3) -> tor
             for value in optimizer_state.values():
                 if isinstance(value, torch.Tensor):
                     value.zero_()
-        for tensor in (state.ema, state.t, state.p, state.loss):
+        for tensor in (state.ema, state.t, state.trace):
             tensor.zero_()
     state.generator.manual_seed(state.generator.initial_seed())
     return graph
@@ -326,7 +336,7 @@ def run_dip(
         check_memory(estimate_run_bytes(task.output_shape, config, ring_size=ring_size), device)
     state = _DeviceState(task, config, stop, reference=reference, ring_size=ring_size, options=options)
     weight = None
-    if use_osc and settings.rule == "risk":
+    if use_osc:
         noise_level = stop.noise_level if stop.noise_level is not None else task.noise_level()
         weight = risk_weight(noise_level, state.noise, stop.pseudo_noise_std)
     stopper = make_stopper(stop, max_iterations=cap, risk_weight_value=weight) if use_osc else None
@@ -353,7 +363,8 @@ def run_dip(
                 first, done = done, done + count
                 if stopper is not None:
                     frozen = stopper.should_stop
-                    decision = stopper.update_p(state.p[first:done].cpu().numpy(), state.loss[first:done].cpu().numpy())
+                    p, loss, p_ema, loss_ema = state.trace[:, first:done].cpu().double().numpy()
+                    decision = stopper.update_p(p, loss, p_ema=p_ema, loss_ema=loss_ema)
                     if decision.new_best and not frozen:
                         state.snapshot_best(decision.best_iteration)
                 if options.progress:
@@ -398,6 +409,11 @@ def run_dip(
         half_window=half_window,
         patience=stopper.settings.patience if stopper is not None else None,
         risk=stopper.risk if isinstance(stopper, RiskStopper) else None,
+        risk_ema=stopper.risk_ema if isinstance(stopper, RiskStopper) else None,
+        best_output=stopper.best_output if isinstance(stopper, RiskStopper) and chosen is not None else None,
+        p_ema=state.p_ema[:done].cpu().numpy().astype(np.float64) if use_osc else np.zeros(0),
+        loss_ema=state.loss_ema[:done].cpu().numpy().astype(np.float64) if use_osc else np.zeros(0),
+        risk_weight=weight,
     )
 
 

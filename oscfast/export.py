@@ -11,18 +11,22 @@ Two things leave Python here:
   :func:`export_result` so that running it reproduces the returned raw image.
 
 Where the stop rule lives: the graph computes ``(P_t, Pbar_t, kappa)`` and the next state;
-the decision (early-minimum guard, knee must bend upward, running argmax, patience; section 5)
-is branchy bookkeeping on scalars and stays in the caller, in :class:`StopRule`, which replays
-:meth:`oscfast.stopping.OSCStopper.update_p` decision for decision.
+the decision (early-minimum guard, curvature threshold from the jitter of P, running argmax,
+patience; section 5) is branchy bookkeeping on scalars with a history and stays in the caller,
+in :class:`StopRule`, which replays :meth:`oscfast.stopping.OSCStopper.update_p` (fed one value
+per call) decision for decision.
 
 TorchScript is deprecated in current torch; nothing here builds on it (see docs/export.md).
 """
 from __future__ import annotations
 
+import bisect
 import copy
+import logging
 import math
 import operator
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -31,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oscfast.config import StopConfig
+from oscfast.config import ResolvedStop, StopConfig
 from oscfast.stopping import StopDecision
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,6 +43,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from oscfast.engine import GeneratorSnapshot
 
 __all__ = [
+    "STOPPER_INPUTS",
+    "STOPPER_OUTPUTS",
     "ExportFormat",
     "FittedGenerator",
     "StopRule",
@@ -91,7 +97,7 @@ class StopperStep(nn.Module):
     Example:
         >>> step = StopperStep(2, 1, 10.0)
         >>> window, count = (torch.from_numpy(a) for a in initial_state(2, 1))
-        >>> noise = torch.ones(1, 1, 2, 2)
+        >>> noise = torch.ones(1, 1, 2, 2, dtype=torch.float64)
         >>> for s in range(5):
         ...     p, p_smooth, kappa, window, count = step(0.005 * (s - 2) ** 2 * noise, noise, window, count)
         >>> round(float(kappa), 9), int(count)
@@ -210,25 +216,30 @@ def _check_stopper_params(half_window: int, smoothing: int, t_max: float) -> tup
 # the decision, in the caller
 # --------------------------------------------------------------------------------------------
 class StopRule:
-    """The online stop decision (method.md section 5), driven by an exported stopper's outputs.
+    """The online knee decision (method.md section 5), driven by an exported stopper's outputs.
 
     Pure Python, no numba, no torch: feed it each step's ``(p, p_smooth, curvature)`` from
     the graph. It keeps the running argmin of Pbar (the early-minimum guard: a segment that
-    starts before it is ignored), takes as candidates only curvatures above
-    ``min_curvature``, keeps their running argmax t* and says stop once ``patience`` centres
-    have passed without a new maximum. After that its choice is frozen. This replays
-    :meth:`oscfast.stopping.OSCStopper.update_p` step for step, so the same curve gives the
-    same ``best_iteration`` and ``stop_iteration``.
+    starts before it is ignored), takes as candidates only curvatures above the threshold
+    ``max(min_curvature, significance * jitter SE)`` (the jitter of P is estimated from the
+    raw P values so far, as :meth:`OSCStopper.curvature_noise` does), keeps their running
+    argmax t* and says stop once ``patience`` centres have passed without a new maximum;
+    after that its choice is frozen. This replays :meth:`oscfast.stopping.OSCStopper.update_p`
+    fed one value per call (as a hand-written loop does), so the same curve gives the same
+    ``best_iteration`` and ``stop_iteration``. (The engine feeds ``sync_every`` values per
+    call, which refreshes the jitter estimate less often: its choice can differ slightly.)
 
     Args:
-        half_window: L, the lag of the curvature (must match the exported graph).
-        patience: centres without a new maximum before stopping.
-        min_curvature: a knee must bend upward by more than this.
-        guard_early_minimum: ignore segments starting before the argmin of Pbar.
-        online: False replays the paper's offline argmax: never says stop.
+        max_iterations: the loop's iteration cap (must be the graph's ``t_max``).
+        config: a :class:`StopConfig` (rule ``"knee"`` or ``"paper"``).
+        half_window, patience, min_curvature: override ``config`` fields, as in
+            :class:`OSCStopper`.
+
+    Raises:
+        ValueError: rule ``"risk"`` (it has no curvature; use :class:`RiskStopper`).
 
     Example:
-        >>> rule = StopRule(half_window=2, patience=3)
+        >>> rule = StopRule(max_iterations=300, half_window=20)
         >>> rule.update(p=0.0, p_smooth=0.0, curvature=math.nan).should_stop
         False
     """
@@ -236,21 +247,26 @@ class StopRule:
     def __init__(
         self,
         *,
-        half_window: int,
-        patience: int,
-        min_curvature: float = 0.0,
-        guard_early_minimum: bool = True,
-        online: bool = True,
+        max_iterations: int,
+        config: StopConfig | None = None,
+        half_window: int | None = None,
+        patience: int | None = None,
+        min_curvature: float | None = None,
     ) -> None:
-        if half_window < 2:
-            raise ValueError(f"half_window (L) must be >= 2, got {half_window}")
-        if patience < 0:
-            raise ValueError(f"patience must be >= 0, got {patience}")
-        self.half_window = int(half_window)
-        self.patience = int(patience)
-        self.min_curvature = float(min_curvature)
-        self.guard_early_minimum = bool(guard_early_minimum)
-        self.online = bool(online)
+        config = config or StopConfig()
+        overrides = {
+            key: value
+            for key, value in dict(half_window=half_window, patience=patience, min_curvature=min_curvature).items()
+            if value is not None
+        }
+        if overrides:
+            config = replace(config, **overrides)
+        if config.rule == "risk":
+            raise ValueError("StopRule replays the knee rule; rule 'risk' has no curvature (use RiskStopper)")
+        if max_iterations < 1:
+            raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
+        self.config = config
+        self.settings: ResolvedStop = config.resolve(max_iterations)
         self.iterations_seen = 0
         self.best_iteration: int | None = None
         self.best_curvature = -math.inf
@@ -258,25 +274,31 @@ class StopRule:
         self.stop_iteration: int | None = None
         self._min_pbar = math.inf
         self._argmin_pbar = 0
+        self._last_p = math.nan
+        self._steps: list[float] = []  # |P_t - P_{t-1}|, kept sorted for the median
 
-    @classmethod
-    def from_config(cls, config: StopConfig | None = None, *, max_iterations: int) -> StopRule:
-        """The rule of ``config`` for a run capped at ``max_iterations`` (defaults filled as
-        :meth:`StopConfig.resolve` does; ``rule="paper"`` gives the offline argmax)."""
-        settings = (config or StopConfig()).resolve(max_iterations)
-        return cls(
-            half_window=settings.half_window,
-            patience=settings.patience,
-            min_curvature=settings.min_curvature,
-            guard_early_minimum=settings.guard_early_minimum,
-            online=settings.online,
-        )
+    @property
+    def half_window(self) -> int:
+        """L, the lag of the curvature (must match the exported graph)."""
+        return self.settings.half_window
+
+    def curvature_noise(self) -> float:
+        """Standard error of kappa from the jitter of P alone (as OSCStopper computes it)."""
+        count = self.iterations_seen
+        if count < 3:
+            return math.inf
+        steps, middle = self._steps, len(self._steps) // 2
+        median = steps[middle] if len(steps) % 2 else (steps[middle - 1] + steps[middle]) / 2
+        sigma = median / (0.6745 * math.sqrt(2.0))
+        half = self.settings.half_window
+        spacing = 1.0 / self.settings.t_max
+        return 2.0 * sigma / (spacing**2 * half**2 * math.sqrt((2 * half + 1) * 4.0 / 45.0))
 
     def update(self, p: float, p_smooth: float, curvature: float) -> StopDecision:
         """Advance by one iteration with the graph's outputs of that iteration.
 
         Args:
-            p: P_t (only recorded in the decision).
+            p: P_t.
             p_smooth: Pbar_t, the trailing mean at this iteration.
             curvature: kappa of iteration ``t - L`` (NaN while not defined).
 
@@ -287,21 +309,26 @@ class StopRule:
         if not math.isfinite(p):
             raise ValueError(f"P must be finite (the loss diverged?), got {p}")
         newest = self.iterations_seen
+        if newest > 0:
+            bisect.insort(self._steps, abs(p - self._last_p))
+        self._last_p = p
         self.iterations_seen += 1
-        lag = self.half_window
+        settings = self.settings
+        lag = settings.half_window
         if p_smooth < self._min_pbar:
             self._min_pbar = p_smooth
             self._argmin_pbar = newest
         centre = newest - lag
         new_best = False
         if not self.should_stop and centre >= lag:
+            threshold = settings.min_curvature if settings.significance == 0 else max(settings.min_curvature, settings.significance * self.curvature_noise())
             # method.md section 7: ignore windows that start before the early minimum of P
-            guarded = self.guard_early_minimum and centre - lag < self._argmin_pbar
-            if not guarded and curvature > self.best_curvature and curvature > self.min_curvature:
+            guarded = settings.guard_early_minimum and centre - lag < self._argmin_pbar
+            if not guarded and curvature > self.best_curvature and curvature > threshold:
                 self.best_curvature = curvature
                 self.best_iteration = centre
                 new_best = True
-            if self.online and self.best_iteration is not None and centre - self.best_iteration >= self.patience:
+            if settings.online and self.best_iteration is not None and centre - self.best_iteration >= settings.patience:
                 self.should_stop = True
                 self.stop_iteration = newest + 1
         return StopDecision(
@@ -317,7 +344,7 @@ class StopRule:
 
     def __repr__(self) -> str:
         return (
-            f"StopRule(half_window={self.half_window}, patience={self.patience}, "
+            f"StopRule(half_window={self.half_window}, patience={self.settings.patience}, "
             f"iterations_seen={self.iterations_seen}, best_iteration={self.best_iteration}, "
             f"should_stop={self.should_stop})"
         )
@@ -365,7 +392,11 @@ def export_stopper(
     """
     fmt = _check_format(format)
     shape = _check_image_shape(image_shape)
-    if not isinstance(t_max, (int, float)) or not (t_max > 0 and math.isfinite(t_max)):
+    try:
+        t_max = float(t_max)
+    except (TypeError, ValueError):
+        raise ValueError(f"t_max must be a number (the iteration cap), got {t_max!r}") from None
+    if not (t_max > 0 and math.isfinite(t_max)):
         raise ValueError(f"t_max must be a finite number > 0 (the iteration cap), got {t_max!r}")
     if half_window is None:
         half_window = StopConfig().resolve(max(1, round(t_max))).half_window
@@ -451,7 +482,9 @@ def export_result(result: Restoration, path: str | Path, *, format: ExportFormat
     """Export the generator of a finished restoration, fitted up to ``result.stop_iteration``.
 
     Running the exported graph (no inputs) gives the raw output of that iteration,
-    ``result.raw_image`` (as (1, C, H, W) instead of HxWxC). The network is not stored in the
+    ``result.raw_image`` (as (1, C, H, W) instead of HxWxC), also when the result returned
+    the exponential average (``output="ema"``), which no single network state produces, and
+    before the task's finishing (clipping, known pixels put back). The network is not stored in the
     result, so it is rebuilt by re-running the engine to that iteration with the same task,
     configuration and seed (``run_dip(..., snapshot_iteration=result.stop_iteration)``): this
     costs ``stop_iteration + 1`` more iterations. CPU runs are deterministic for a seed and
@@ -555,25 +588,33 @@ def _write(
 ) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    module = module.eval()
     if fmt == "pt2":
         import json
 
         program = torch.export.export(module, args, strict=False)
         torch.export.save(program, path, extra_files={"oscfast.json": json.dumps(metadata)})
         return path
-    with warnings.catch_warnings():
-        # the exporter's own deprecation chatter is not the user's business
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        program = torch.onnx.export(
-            module,
-            args,
-            dynamo=True,
-            input_names=list(input_names),
-            output_names=list(output_names),
-            external_data=False,
-            verbose=False,
-        )
+    # the exporter's own chatter (deprecations inside torch, "torchvision is not installed")
+    # is not the user's business
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            program = torch.onnx.export(
+                module,
+                args,
+                dynamo=True,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        registry_log.setLevel(level)
     assert program is not None
     program.model.metadata_props.update(metadata)
     program.save(path, external_data=False)

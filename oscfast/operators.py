@@ -309,7 +309,7 @@ class LanczosDownsampler(LinearOperator):
         if h % self.factor or w % self.factor:
             raise ValueError(
                 f"input size {h}x{w} is not a multiple of the downsampling factor {self.factor}; "
-                f"crop it first (e.g. oscfast.degrade.crop_to_multiple)"
+                f"crop it first (e.g. oscfast.degradations.crop_to_multiple)"
             )
         xp = F.pad(x, self.padding, mode="replicate")
         return F.conv2d(xp, self.weight.to(dtype=x.dtype), stride=self.factor, groups=self.channels)

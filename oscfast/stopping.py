@@ -190,9 +190,17 @@ class OSCStopper:
         """Project one operator output A(x_t) on n and advance the rule by one iteration."""
         return self.update_p(np.array([self.projection(measured)]))
 
-    def update_p(self, values: np.ndarray | list[float] | float, loss: np.ndarray | None = None) -> StopDecision:
-        """Advance the rule by one or several already computed P values (``loss`` is
-        accepted for a common interface with :class:`RiskStopper` and ignored)."""
+    def update_p(
+        self,
+        values: np.ndarray | list[float] | float,
+        loss: np.ndarray | None = None,
+        *,
+        p_ema: np.ndarray | None = None,
+        loss_ema: np.ndarray | None = None,
+    ) -> StopDecision:
+        """Advance the rule by one or several already computed P values (``loss``,
+        ``p_ema`` and ``loss_ema`` are accepted for a common interface with
+        :class:`RiskStopper` and ignored)."""
         values = np.atleast_1d(np.asarray(values, dtype=np.float64))
         if values.size == 0:
             raise ValueError("update_p needs at least one value")
@@ -207,7 +215,9 @@ class OSCStopper:
         pbar = self._curve.pbar
         settings = self.settings
         lag = settings.half_window
-        threshold = max(settings.min_curvature, settings.significance * self.curvature_noise())
+        threshold = settings.min_curvature
+        if settings.significance > 0:
+            threshold = max(threshold, settings.significance * self.curvature_noise())
         new_best = False
         for offset, kappa in enumerate(kappas):
             newest = first + offset
@@ -323,6 +333,9 @@ def risk_weight(noise_level: float, pseudo_noise: torch.Tensor, pseudo_noise_std
 class RiskStopper:
     """Online minimum of the estimated risk R_t = loss_t + c P_t (rule "risk").
 
+    When the P and loss of the exponential average of outputs are fed too, its risk is
+    scored the same way and the better of the two images is chosen (``best_output``).
+
     R_t estimates, up to a constant, the mean squared error of A(x_t) against the clean
     measurement (see :func:`risk_weight`); it falls while the net fits the image and rises
     once it fits noise. The rule keeps the running minimum of the trailing mean of R (window
@@ -347,7 +360,10 @@ class RiskStopper:
         self.max_iterations = max_iterations
         self._p = np.zeros(max_iterations)
         self._loss = np.zeros(max_iterations)
+        self._p_ema = np.full(max_iterations, np.nan)
+        self._loss_ema = np.full(max_iterations, np.nan)
         self._n = 0
+        self.best_output = "raw"
         self._best_risk = math.inf
         self.best_iteration: int | None = None
         self.should_stop = False
@@ -358,35 +374,53 @@ class RiskStopper:
         """How many iterations after t the rule can know the smoothed risk at t."""
         return self.settings.risk_smoothing // 2
 
-    def update_p(self, values: np.ndarray | list[float] | float, loss: np.ndarray | None = None) -> StopDecision:
-        """Advance the rule by new P values and the losses of the same iterations."""
+    def update_p(
+        self,
+        values: np.ndarray | list[float] | float,
+        loss: np.ndarray | None = None,
+        *,
+        p_ema: np.ndarray | None = None,
+        loss_ema: np.ndarray | None = None,
+    ) -> StopDecision:
+        """Advance the rule by new P values and the losses of the same iterations (and,
+        optionally, the P values and losses of the averaged output)."""
         values = np.atleast_1d(np.asarray(values, dtype=np.float64))
         if loss is None:
             raise ValueError("rule 'risk' needs the loss of each iteration")
-        losses = np.atleast_1d(np.asarray(loss, dtype=np.float64))
-        if values.shape != losses.shape or values.size == 0:
-            raise ValueError(f"need as many losses as P values, got {losses.shape} and {values.shape}")
-        if not (np.all(np.isfinite(values)) and np.all(np.isfinite(losses))):
+        series = [values, np.atleast_1d(np.asarray(loss, dtype=np.float64))]
+        with_ema = p_ema is not None and loss_ema is not None
+        if with_ema:
+            series += [np.atleast_1d(np.asarray(p_ema, dtype=np.float64)), np.atleast_1d(np.asarray(loss_ema, dtype=np.float64))]
+        if values.size == 0 or any(item.shape != values.shape for item in series):
+            raise ValueError(f"need as many losses as P values, got shapes {[item.shape for item in series]}")
+        if not all(np.all(np.isfinite(item)) for item in series):
             raise ValueError("P and loss values must be finite (the loss diverged?)")
         first = self._n
         if first + values.size > self.max_iterations:
             raise ValueError(f"more P values ({first + values.size}) than max_iterations ({self.max_iterations})")
-        self._p[first : first + values.size] = values
-        self._loss[first : first + values.size] = losses
-        self._n += values.size
+        end = first + values.size
+        self._p[first:end], self._loss[first:end] = series[0], series[1]
+        if with_ema:
+            self._p_ema[first:end], self._loss_ema[first:end] = series[2], series[3]
+        self._n = end
         window = self.settings.risk_smoothing
-        risk = self._loss[: self._n] + self.weight * self._p[: self._n]
-        cumulative = np.concatenate([[0.0], np.cumsum(risk)])
+        smoothed_curves = {"raw": self._smoothed(self.risk, window)}
+        if with_ema:
+            smoothed_curves["ema"] = self._smoothed(self.risk_ema, window)
         new_best = False
         smoothed = math.nan
         for newest in range(max(first, window - 1), self._n):
-            smoothed = (cumulative[newest + 1] - cumulative[newest + 1 - window]) / window
+            smoothed = smoothed_curves["raw"][newest]
             if self.should_stop:
                 continue
-            if smoothed < self._best_risk:
-                self._best_risk = smoothed
-                self.best_iteration = newest - (window - 1) // 2
-                new_best = True
+            for output, curve in smoothed_curves.items():
+                if curve[newest] < self._best_risk:
+                    self._best_risk = float(curve[newest])
+                    self.best_iteration = newest - (window - 1) // 2
+                    self.best_output = output
+                    new_best = True
+            if self.best_iteration is None:
+                continue
             patience = max(self.settings.min_patience, self.settings.patience_ratio * self.best_iteration)
             if newest - self.best_iteration >= patience:
                 self.should_stop = True
@@ -415,8 +449,21 @@ class RiskStopper:
 
     @property
     def risk(self) -> np.ndarray:
-        """The (unsmoothed) risk estimate per iteration, up to a constant."""
+        """The (unsmoothed) risk estimate of the raw output per iteration, up to a constant."""
         return self._loss[: self._n] + self.weight * self._p[: self._n]
+
+    @property
+    def risk_ema(self) -> np.ndarray:
+        """The same for the averaged output (NaN where it was not fed)."""
+        return self._loss_ema[: self._n] + self.weight * self._p_ema[: self._n]
+
+    @staticmethod
+    def _smoothed(values: np.ndarray, window: int) -> np.ndarray:
+        """Trailing mean over ``window`` (NaN before the window is full)."""
+        cumulative = np.concatenate([[0.0], np.cumsum(values)])
+        out = np.full(values.size, np.nan)
+        out[window - 1 :] = (cumulative[window:] - cumulative[:-window]) / window
+        return out
 
     @property
     def curvature(self) -> np.ndarray:

@@ -24,7 +24,7 @@ def offline_choice(p: np.ndarray, stopper: OSCStopper, last_centre: int) -> int 
     settings = stopper.settings
     lag = settings.half_window
     kappa = chord_curvature(p, lag, settings.smoothing, settings.t_max)
-    threshold = max(settings.min_curvature, settings.significance * stopper.curvature_noise())
+    threshold = settings.min_curvature if settings.significance == 0 else max(settings.min_curvature, settings.significance * stopper.curvature_noise())
     pbar = np.array([p[max(0, t - settings.smoothing + 1) : t + 1].mean() for t in range(p.size)])
     best, best_value = None, -np.inf
     for centre in range(lag, last_centre + 1):

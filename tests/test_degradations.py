@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from oscfast.degrade import (
+from oscfast.degradations import (
     TASKS,
     add_gaussian_noise,
     apply_mask,

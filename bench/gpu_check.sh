@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The prepared device check: GPU tests, then the GPU benchmarks, results under $OUT.
+# Installs nothing from outside: only this repository itself, offline (its package maps
+# models/ and kernels/ into the oscfast namespace, so it must be installed to import).
+#
+#   OUT=/tmp/gpu-out OSCFAST_DATA=/path/to/shared/data bash bench/gpu_check.sh [stage ...]
+# stages: tests speed precision denoise heldout tasks (default: all, in that order)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/bench/results/gpu-check}
+WORK=$(mktemp -d)
+mkdir -p "$OUT" "$WORK/results"
+export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-/tmp/numba-cache}
+export OSCFAST_DATA=${OSCFAST_DATA:-$PWD/.shared_data}
+LOG="$OUT/gpu_check.log"
+stages=${*:-tests speed precision denoise heldout tasks}
+
+pack() { tar czf "$OUT/results.tgz" -C "$WORK" results 2>/dev/null; }
+log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
+
+if ! python3 -c "import oscfast.models" 2>/dev/null; then
+  python3 -m pip install -q --no-deps --no-index --no-build-isolation -e . >>"$LOG" 2>&1 \
+    || python3 -m pip install -q --no-deps --no-index --no-build-isolation --target "$WORK/site" . >>"$LOG" 2>&1
+  [ -d "$WORK/site" ] && export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+python3 - <<'PY' 2>&1 | tee -a "$LOG"
+import torch, numpy, numba, oscfast.models, oscfast.kernels
+print("torch", torch.__version__, "cuda", torch.version.cuda, "numpy", numpy.__version__, "numba", numba.__version__)
+print("gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+PY
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >"$WORK/results/gpu.txt" 2>&1
+
+for stage in $stages; do
+  log "stage $stage"
+  case $stage in
+    tests) python3 -m pytest -m gpu tests -q -p no:cacheprovider 2>&1 | tee "$WORK/results/gpu-tests.log" | tail -5 | tee -a "$LOG" ;;
+    speed) python3 bench/speed.py --device cuda --sizes 256 512 1024 --out-dir "$WORK/results" 2>&1 | tee -a "$LOG" ;;
+    precision) python3 bench/precision_check.py --device cuda --size 256 --out-dir "$WORK/results" 2>&1 | tee -a "$LOG" ;;
+    denoise|heldout|tasks) python3 bench/accuracy.py --suite "$stage" --device cuda --out-dir "$WORK/results" 2>&1 | tee -a "$LOG" ;;
+    *) log "unknown stage $stage" ;;
+  esac
+  pack
+done
+log "done"
+pack
