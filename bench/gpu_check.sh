@@ -23,6 +23,14 @@ if ! python3 -c "import oscfast.models" 2>/dev/null; then
     || python3 -m pip install -q --no-deps --no-index --no-build-isolation --target "$WORK/site" . >>"$LOG" 2>&1
   [ -d "$WORK/site" ] && export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
+if ! python3 -c "import oscfast.models" 2>/dev/null; then
+  # last resort without pip: a package folder of links with the same layout as the wheel
+  mkdir -p "$WORK/shim/oscfast"
+  ln -s "$PWD"/oscfast/* "$WORK/shim/oscfast/"
+  ln -s "$PWD/models" "$WORK/shim/oscfast/models"; ln -s "$PWD/kernels" "$WORK/shim/oscfast/kernels"
+  export PYTHONPATH="$WORK/shim${PYTHONPATH:+:$PYTHONPATH}"
+  log "using the link shim"
+fi
 python3 - <<'PY' 2>&1 | tee -a "$LOG"
 import torch, numpy, numba, oscfast.models, oscfast.kernels
 print("torch", torch.__version__, "cuda", torch.version.cuda, "numpy", numpy.__version__, "numba", numba.__version__)
