@@ -22,6 +22,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _shape(text: str) -> tuple[int, int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected CxHxW like 3x512x512, got {text!r}")
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``oscfast`` command."""
     parser = argparse.ArgumentParser(
@@ -47,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     rest.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     rest.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     rest.add_argument("--quiet", action="store_true", help="no progress bar, only errors")
+
+    export = commands.add_parser("export", help="export the stopper's per-step math (ONNX or .pt2)")
+    export.add_argument("what", choices=("stopper",))
+    export.add_argument("-o", "--output", type=Path, required=True, help="osc.onnx or osc.pt2")
+    export.add_argument("--window", type=_positive_int, default=None, help="half-window L (default: from --max-iterations)")
+    export.add_argument("--smoothing", type=_positive_int, default=10)
+    export.add_argument("--max-iterations", type=_positive_int, default=3000, help="the loop's cap (scales the axis)")
+    export.add_argument("--image-shape", type=_shape, default=(3, 512, 512), help="CxHxW of the operator output")
 
     demo = commands.add_parser("demo", help="denoise a bundled image and write PNGs")
     demo.add_argument("--out-dir", type=Path, default=Path("oscfast-demo"))
@@ -99,6 +114,16 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from oscfast.export import export_stopper
+
+    fmt = "pt2" if args.output.suffix == ".pt2" else "onnx"
+    path = export_stopper(args.output, t_max=float(args.max_iterations), image_shape=args.image_shape,
+                          half_window=args.window, smoothing=args.smoothing, format=fmt)
+    print(f"wrote {path}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from oscfast.demo import run_demo
 
@@ -119,10 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status. Errors are one line on stderr, no traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="%(levelname)s: %(message)s")
+    quiet = getattr(args, "quiet", False)
+    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         if args.command == "restore":
             return _restore(args)
+        if args.command == "export":
+            return _export(args)
         return _demo(args)
     except (ValueError, TypeError, FileNotFoundError, OSError) as error:
         print(f"oscfast: error: {error}", file=sys.stderr)

@@ -41,7 +41,7 @@ class StopConfig:
         sync_every: how many iterations pass between two reads of P on the host (K).
     """
 
-    rule: StopRule = "osc"
+    rule: StopRule = "risk"
     pseudo_noise_std: float = 1.0 / 25.0
     half_window: int | None = None
     smoothing: int = 10

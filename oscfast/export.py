@@ -253,7 +253,7 @@ class StopRule:
         patience: int | None = None,
         min_curvature: float | None = None,
     ) -> None:
-        config = config or StopConfig()
+        config = config or StopConfig(rule="knee")
         overrides = {
             key: value
             for key, value in dict(half_window=half_window, patience=patience, min_curvature=min_curvature).items()

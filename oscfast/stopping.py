@@ -6,7 +6,7 @@ Pure functions for the math (method.md sections 2-3) and one small stateful obje
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -126,7 +126,9 @@ class OSCStopper:
     ) -> None:
         from oscfast.kernels import IncrementalCurvature
 
-        config = config or StopConfig()
+        config = config or StopConfig(rule="knee")
+        if config.rule == "risk":
+            config = replace(config, rule="knee")  # this class is the knee rule
         overrides = {
             key: value
             for key, value in dict(

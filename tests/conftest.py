@@ -33,7 +33,7 @@ def tiny_config() -> DIPConfig:
 
 @pytest.fixture
 def tiny_stop() -> StopConfig:
-    return StopConfig(half_window=10, patience=10, sync_every=5)
+    return StopConfig(rule="knee", half_window=10, patience=10, sync_every=5)
 
 
 @pytest.fixture
