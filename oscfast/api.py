@@ -159,8 +159,8 @@ def _load_mask(mask: Any, shape_hw: tuple[int, int], threshold: float) -> torch.
     """Mask as (1, 1 or C, H, W) float {0, 1}; non-binary masks are thresholded at ``threshold``."""
     if mask is None:
         raise ValueError("this task needs mask= (path or array; 1 = known pixel, 0 = hole)")
-    if isinstance(mask, np.ndarray) and mask.dtype == bool:
-        mask = mask.astype(np.float32)
+    if isinstance(mask, np.ndarray) and (mask.dtype == bool or (mask.dtype == np.uint8 and mask.max(initial=0) <= 1)):
+        mask = mask.astype(np.float32)  # {0, 1} integers are a mask, not 8-bit grey levels
     array = io.load_image(mask, name="mask")
     if array.shape[:2] != tuple(shape_hw):
         raise ValueError(f"mask has shape {array.shape[:2]}, image is {tuple(shape_hw)}")
@@ -172,7 +172,7 @@ def _load_mask(mask: Any, shape_hw: tuple[int, int], threshold: float) -> torch.
     return io.image_to_tensor(binary)
 
 
-def build_task(task: str, observation: np.ndarray, **options: Any) -> Task:
+def build_task(task: str, observation: np.ndarray, *, seed: int = 0, **options: Any) -> Task:
     """Make a :class:`~oscfast.tasks.Task` from a task name, the observation and options.
 
     Raises:
@@ -186,7 +186,9 @@ def build_task(task: str, observation: np.ndarray, **options: Any) -> Task:
         valid = sorted(_TASK_OPTIONS[task]) or "none"
         raise ValueError(f"option(s) {sorted(unknown)} do not apply to task {task!r}; valid: {valid}")
     y = io.image_to_tensor(observation)
-    threshold = options.get("mask_threshold") or 0.5
+    threshold = 0.5 if options.get("mask_threshold") is None else float(options["mask_threshold"])
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"mask_threshold must lie in [0, 1], got {threshold}")
     if task == "denoise":
         return Denoise(y)
     if task == "jpeg":
@@ -202,8 +204,11 @@ def build_task(task: str, observation: np.ndarray, **options: Any) -> Task:
             keep = 0.5 if options.get("keep") is None else float(options["keep"])
             if not 0 < keep <= 1:
                 raise ValueError(f"keep must lie in (0, 1], got {keep}")
-            mask_array = random_pixel_mask(observation.shape[:2], keep=keep, seed=0)
+            mask_array = random_pixel_mask(observation.shape[:2], keep=keep, seed=seed)
             mask = io.image_to_tensor(mask_array)
+            y = y * mask  # the pixels the mask drops are not observed
+        elif options.get("keep") is not None:
+            raise ValueError("give either mask= or keep= for task 'restore_pixels', not both")
         else:
             mask = _load_mask(options.get("mask"), observation.shape[:2], threshold)
         cls = Inpaint if task == "inpaint" else RestorePixels
@@ -314,12 +319,12 @@ def restore(
             raise ValueError("task options (mask=, factor=, ...) go into the Task object, not restore()")
         task_object, task_name = task, task.name
     elif isinstance(task, str):
-        task_object = build_task(task, observation, **task_options)
+        task_object = build_task(task, observation, seed=seed, **task_options)
         task_name = task
     else:
         raise TypeError(f"task must be a task name or a Task, got {type(task).__name__}")
-    min_input = 8 if task_name == "super_resolution" else MIN_SIDE
-    io.check_min_size(observation, min_input, name="image")
+    if task_name not in ("super_resolution", "custom"):  # these check their (larger) output only
+        io.check_min_size(observation, MIN_SIDE, name="image")
     _, out_h, out_w = task_object.output_shape
     if min(out_h, out_w) < MIN_SIDE:
         raise ValueError(f"the output would be {out_h}x{out_w} px; the smallest side must be at least {MIN_SIDE} px")

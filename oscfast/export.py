@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oscfast.config import ResolvedStop, StopConfig
-from oscfast.stopping import StopDecision
+from oscfast.stopping import KneeDecision, StopDecision, curvature_standard_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from oscfast.api import Restoration
@@ -235,9 +235,6 @@ class StopRule:
         half_window, patience, min_curvature: override ``config`` fields, as in
             :class:`OSCStopper`.
 
-    Raises:
-        ValueError: rule ``"risk"`` (it has no curvature; use :class:`RiskStopper`).
-
     Example:
         >>> rule = StopRule(max_iterations=300, half_window=20)
         >>> rule.update(p=0.0, p_smooth=0.0, curvature=math.nan).should_stop
@@ -262,20 +259,20 @@ class StopRule:
         if overrides:
             config = replace(config, **overrides)
         if config.rule == "risk":
-            raise ValueError("StopRule replays the knee rule; rule 'risk' has no curvature (use RiskStopper)")
+            config = replace(config, rule="knee")  # the graph computes the knee rule's curvature
         if max_iterations < 1:
             raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
         self.config = config
         self.settings: ResolvedStop = config.resolve(max_iterations)
         self.iterations_seen = 0
-        self.best_iteration: int | None = None
-        self.best_curvature = -math.inf
-        self.should_stop = False
-        self.stop_iteration: int | None = None
-        self._min_pbar = math.inf
-        self._argmin_pbar = 0
+        self._decision = KneeDecision(self.settings)
         self._last_p = math.nan
         self._steps: list[float] = []  # |P_t - P_{t-1}|, kept sorted for the median
+
+    best_iteration = property(lambda self: self._decision.best_iteration, doc="t* (None while no knee).")
+    best_curvature = property(lambda self: self._decision.best_curvature, doc="Curvature at t*.")
+    should_stop = property(lambda self: self._decision.should_stop, doc="The rule has fired.")
+    stop_iteration = property(lambda self: self._decision.stop_iteration, doc="Iterations run when it fired.")
 
     @property
     def half_window(self) -> int:
@@ -284,15 +281,14 @@ class StopRule:
 
     def curvature_noise(self) -> float:
         """Standard error of kappa from the jitter of P alone (as OSCStopper computes it)."""
-        count = self.iterations_seen
-        if count < 3:
-            return math.inf
+        median = self._median_step()
+        return math.inf if median is None else curvature_standard_error(median, self.settings)
+
+    def _median_step(self) -> float | None:
+        if self.iterations_seen < 3:
+            return None
         steps, middle = self._steps, len(self._steps) // 2
-        median = steps[middle] if len(steps) % 2 else (steps[middle - 1] + steps[middle]) / 2
-        sigma = median / (0.6745 * math.sqrt(2.0))
-        half = self.settings.half_window
-        spacing = 1.0 / self.settings.t_max
-        return 2.0 * sigma / (spacing**2 * half**2 * math.sqrt((2 * half + 1) * 4.0 / 45.0))
+        return steps[middle] if len(steps) % 2 else (steps[middle - 1] + steps[middle]) / 2
 
     def update(self, p: float, p_smooth: float, curvature: float) -> StopDecision:
         """Advance by one iteration with the graph's outputs of that iteration.
@@ -313,28 +309,13 @@ class StopRule:
             bisect.insort(self._steps, abs(p - self._last_p))
         self._last_p = p
         self.iterations_seen += 1
-        settings = self.settings
-        lag = settings.half_window
-        if p_smooth < self._min_pbar:
-            self._min_pbar = p_smooth
-            self._argmin_pbar = newest
-        centre = newest - lag
-        new_best = False
-        if not self.should_stop and centre >= lag:
-            threshold = settings.min_curvature if settings.significance == 0 else max(settings.min_curvature, settings.significance * self.curvature_noise())
-            # method.md section 7: ignore windows that start before the early minimum of P
-            guarded = settings.guard_early_minimum and centre - lag < self._argmin_pbar
-            if not guarded and curvature > self.best_curvature and curvature > threshold:
-                self.best_curvature = curvature
-                self.best_iteration = centre
-                new_best = True
-            if settings.online and self.best_iteration is not None and centre - self.best_iteration >= settings.patience:
-                self.should_stop = True
-                self.stop_iteration = newest + 1
+        threshold = self._decision.threshold(self._median_step())
+        new_best = self._decision.observe(newest, p_smooth, curvature, threshold)
+        centre = newest - self.settings.half_window
         return StopDecision(
             iteration=newest,
             p=p,
-            curvature=curvature if centre >= lag else math.nan,
+            curvature=curvature if centre >= self.settings.half_window else math.nan,
             curvature_iteration=centre,
             best_iteration=self.best_iteration,
             best_curvature=self.best_curvature,

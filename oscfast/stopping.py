@@ -15,7 +15,9 @@ import torch
 from oscfast.config import ResolvedStop, StopConfig, StopRule
 
 __all__ = [
+    "KneeDecision",
     "OSCStopper",
+    "curvature_standard_error",
     "RiskStopper",
     "make_stopper",
     "risk_weight",
@@ -56,6 +58,70 @@ def masked_uniform_pseudo_noise(
 def projection(measured: torch.Tensor, noise: torch.Tensor, inv_noise_energy: float | torch.Tensor) -> torch.Tensor:
     """P = <A(x), n> / <n, n> (method.md section 3) as a 0-d tensor, without a host sync."""
     return torch.sum(measured * noise) * inv_noise_energy
+
+
+def curvature_standard_error(median_step: float, settings: ResolvedStop) -> float:
+    """Standard error of the curvature that white jitter of P alone would give.
+
+    The jitter sigma is estimated robustly as median |P_t - P_{t-1}| / (0.6745 sqrt 2); for a
+    least-squares parabola over 2L + 1 points spaced h = 1 / t_max,
+    SE(a) = sigma / (h^2 L^2 sqrt((2L + 1) 4 / 45)) and kappa = 2a. Smoothing leaves this about
+    unchanged (fewer, less noisy effective points).
+    """
+    sigma = median_step / (0.6745 * math.sqrt(2.0))
+    half = settings.half_window
+    spacing = 1.0 / settings.t_max
+    return 2.0 * sigma / (spacing**2 * half**2 * math.sqrt((2 * half + 1) * 4.0 / 45.0))
+
+
+class KneeDecision:
+    """The knee rule's bookkeeping on scalars (method.md section 5), shared by
+    :class:`OSCStopper` and the exported stopper's caller (:class:`oscfast.export.StopRule`).
+
+    Per iteration it takes the smoothed P and the curvature of iteration ``newest - L``; it
+    keeps the running argmin of the smoothed P (windows that start before it are ignored,
+    method.md section 7), the running argmax t* of the curvatures above ``threshold``, and
+    says stop once ``patience`` centres have passed without a new maximum (then it freezes).
+    """
+
+    def __init__(self, settings: ResolvedStop) -> None:
+        self.settings = settings
+        self._min_pbar = math.inf
+        self._argmin_pbar = 0
+        self.best_iteration: int | None = None
+        self.best_curvature = -math.inf
+        self.should_stop = False
+        self.stop_iteration: int | None = None
+
+    def observe(self, newest: int, pbar: float, curvature: float, threshold: float) -> bool:
+        """Advance by iteration ``newest``; returns whether t* changed."""
+        settings = self.settings
+        lag = settings.half_window
+        if pbar < self._min_pbar:
+            self._min_pbar = float(pbar)
+            self._argmin_pbar = newest
+        centre = newest - lag
+        if self.should_stop or centre < lag:
+            return False
+        new_best = False
+        guarded = settings.guard_early_minimum and centre - lag < self._argmin_pbar
+        if not guarded and curvature > self.best_curvature and curvature > threshold:
+            self.best_curvature = float(curvature)
+            self.best_iteration = centre
+            new_best = True
+        if settings.online and self.best_iteration is not None and centre - self.best_iteration >= settings.patience:
+            self.should_stop = True
+            self.stop_iteration = newest + 1
+        return new_best
+
+    def threshold(self, median_step: float | None) -> float:
+        """The candidate threshold max(min_curvature, significance * SE)."""
+        settings = self.settings
+        if settings.significance == 0:
+            return settings.min_curvature
+        if median_step is None:
+            return math.inf
+        return max(settings.min_curvature, settings.significance * curvature_standard_error(median_step, settings))
 
 
 @dataclass(frozen=True)
@@ -158,12 +224,27 @@ class OSCStopper:
             if not energy > 0:
                 raise ValueError("pseudo_noise is all zeros: nothing to project on")
             self._noise_energy = energy
-        self._min_pbar = math.inf
-        self._argmin_pbar = 0
-        self.best_iteration: int | None = None
-        self.best_curvature = -math.inf
-        self.should_stop = False
-        self.stop_iteration: int | None = None
+        self._decision = KneeDecision(self.settings)
+
+    @property
+    def best_iteration(self) -> int | None:
+        """The current choice t* (None while no knee has been seen)."""
+        return self._decision.best_iteration
+
+    @property
+    def best_curvature(self) -> float:
+        """Curvature at t*."""
+        return self._decision.best_curvature
+
+    @property
+    def should_stop(self) -> bool:
+        """The online rule has fired (stays True)."""
+        return self._decision.should_stop
+
+    @property
+    def stop_iteration(self) -> int | None:
+        """How many iterations had run when the rule fired."""
+        return self._decision.stop_iteration
 
     # -- inputs ---------------------------------------------------------------------------
     def perturb(self, observation: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
@@ -215,34 +296,11 @@ class OSCStopper:
             )
         kappas = self._curve.push_many(values)
         pbar = self._curve.pbar
-        settings = self.settings
-        lag = settings.half_window
-        threshold = settings.min_curvature
-        if settings.significance > 0:
-            threshold = max(threshold, settings.significance * self.curvature_noise())
+        lag = self.settings.half_window
+        threshold = self._decision.threshold(self._median_step())
         new_best = False
         for offset, kappa in enumerate(kappas):
-            newest = first + offset
-            if pbar[newest] < self._min_pbar:
-                self._min_pbar = float(pbar[newest])
-                self._argmin_pbar = newest
-            centre = newest - lag
-            if self.should_stop or centre < lag:
-                continue
-            # method.md section 7: ignore windows that start before the early minimum of P.
-            if settings.guard_early_minimum and centre - lag < self._argmin_pbar:
-                pass
-            elif kappa > self.best_curvature and kappa > threshold:
-                self.best_curvature = float(kappa)
-                self.best_iteration = centre
-                new_best = True
-            if (
-                settings.online
-                and self.best_iteration is not None
-                and centre - self.best_iteration >= settings.patience
-            ):
-                self.should_stop = True
-                self.stop_iteration = newest + 1
+            new_best |= self._decision.observe(first + offset, float(pbar[first + offset]), float(kappa), threshold)
         newest = self._curve.n - 1
         centre = newest - lag
         curvature = float(self._curve.kappa[centre]) if centre >= lag else math.nan
@@ -258,20 +316,15 @@ class OSCStopper:
         )
 
     def curvature_noise(self) -> float:
-        """Standard error of the curvature that white jitter of P alone would give.
+        """Standard error of the curvature from the jitter of P so far
+        (:func:`curvature_standard_error`); inf before 3 values."""
+        median_step = self._median_step()
+        return math.inf if median_step is None else curvature_standard_error(median_step, self.settings)
 
-        The jitter sigma is estimated robustly from the P values so far
-        (median |P_t - P_{t-1}| / (0.6745 sqrt 2)); for a least-squares parabola over 2L + 1
-        points spaced h = 1 / t_max, SE(a) = sigma / (h^2 L^2 sqrt((2L + 1) 4 / 45)), and
-        kappa = 2a. Smoothing leaves this about unchanged (fewer, less noisy effective points).
-        """
-        count = self._curve.n
-        if count < 3:
-            return math.inf
-        sigma = float(np.median(np.abs(np.diff(self._curve.p)))) / (0.6745 * math.sqrt(2.0))
-        half = self.settings.half_window
-        spacing = 1.0 / self.settings.t_max
-        return 2.0 * sigma / (spacing**2 * half**2 * math.sqrt((2 * half + 1) * 4.0 / 45.0))
+    def _median_step(self) -> float | None:
+        if self._curve.n < 3:
+            return None
+        return float(np.median(np.abs(np.diff(self._curve.p))))
 
     # -- results --------------------------------------------------------------------------
     @property

@@ -259,9 +259,10 @@ def test_export_stopper_rejects_bad_arguments(tmp_path: Path, kwargs: dict, matc
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_stop_rule_rejects_risk_rule() -> None:
-    with pytest.raises(ValueError, match="risk"):
-        StopRule(max_iterations=100, config=StopConfig(rule="risk"))
+def test_stop_rule_always_replays_the_knee_rule() -> None:
+    # a default StopConfig (rule "risk") only lends its parameters: the graph has a curvature
+    rule = StopRule(max_iterations=100, config=StopConfig(rule="risk", half_window=10))
+    assert rule.settings.rule == "knee" and rule.half_window == 10
 
 
 # -- the fitted generator ---------------------------------------------------------------------

@@ -252,12 +252,6 @@ def test_output_shape(task: str, obs_hw, options, out_hw, channels: int) -> None
     assert result.iterations_run == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="library bug: restore() checks the observation against the 32 px minimum for 'custom', "
-    "but the network only sees output_shape (api.py, check_min_size(observation, ...))",
-)
 def test_custom_downsampling_operator_with_small_observation() -> None:
     observation = make_image(20, 26, 3)  # 2x pooling of a 40 x 52 image: the net works at 40 x 52
     result = fast_restore(observation, "custom", operator=_avg_pool2, output_shape=(3, 40, 52))
