@@ -244,6 +244,7 @@ def restore(
     stop: Literal["osc", "never"] = "osc",
     max_iterations: int | None = None,
     preset: str | None = None,
+    net: Literal["skip", "unet", "resnet"] | None = None,
     seed: int = 0,
     device: str | torch.device = "auto",
     precision: Literal["fp32", "bf16"] = "fp32",
@@ -278,6 +279,8 @@ def restore(
             returns the image the rule chose (for evaluation).
         max_iterations: iteration cap (default: the preset's published count).
         preset: a published configuration of the task (see ``oscfast.presets``).
+        net: swap the preset's generator for the reference repository's ``"unet"`` or
+            ``"resnet"`` (same input); ``"skip"`` or None keeps the preset's.
         seed: seeds everything; CPU runs are deterministic for a given seed.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         precision: ``"fp32"`` or ``"bf16"`` (autocast of the network).
@@ -333,6 +336,12 @@ def restore(
     dip = config or get_preset(preset_name, preset, factor=getattr(task_object, "factor", None))
     if max_iterations is not None:
         dip = replace(dip, max_iterations=int(max_iterations))
+    if net is not None and net != dip.net.kind:
+        if net not in ("skip", "unet", "resnet"):
+            raise ValueError(f"unknown net {net!r}; expected 'skip', 'unet' or 'resnet'")
+        from oscfast.models import NetSpec
+
+        dip = replace(dip, net=NetSpec(kind=net, input_channels=dip.net.input_channels))
     stop_settings = stop_config or StopConfig()
     if pseudo_noise_std is not None:
         stop_settings = replace(stop_settings, pseudo_noise_std=float(pseudo_noise_std))

@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     rest.add_argument("-o", "--output", type=Path, required=True, help="where to write the restored image")
     rest.add_argument("--task", default="denoise", choices=TASK_CHOICES)
     rest.add_argument("--preset", default=None, help="published configuration of the task")
+    rest.add_argument("--net", choices=("skip", "unet", "resnet"), default=None, help="generator network")
     rest.add_argument("--factor", type=_positive_int, default=None, help="super-resolution factor")
     rest.add_argument("--mask", type=Path, default=None, help="mask image (white = known pixel)")
     rest.add_argument("--keep", type=float, default=None, help="restore_pixels: kept fraction when no mask is given")
@@ -87,6 +88,7 @@ def _restore(args: argparse.Namespace) -> int:
         args.input,
         task=args.task,
         preset=args.preset,
+        net=args.net,
         factor=args.factor,
         mask=args.mask,
         keep=args.keep,

@@ -120,3 +120,11 @@ def test_too_large_for_memory_is_refused_before_allocating() -> None:
     big = np.full((8000, 8000), 128, np.uint8)
     with pytest.raises(oscfast.TooLargeError, match="too large for memory"):
         restore(big, progress=False, device="cpu", max_iterations=2)
+
+
+@pytest.mark.parametrize("net", ["unet", "resnet"])
+def test_alternative_generators(net: str) -> None:
+    result = restore(smooth_image(48)[:40], net=net, max_iterations=2, progress=False, device="cpu")
+    assert result.config.net.kind == net and result.image.shape == (40, 48, 3)
+    with pytest.raises(ValueError, match="unknown net"):
+        restore(smooth_image(48), net="vit", max_iterations=2, progress=False, device="cpu")  # type: ignore[arg-type]
