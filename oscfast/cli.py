@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="export the stopper's per-step math (ONNX or .pt2)")
     export.add_argument("what", choices=("stopper",))
+    export.add_argument("--rule", choices=("knee", "risk"), default="knee",
+                        help="knee: P, smoothed P and curvature; risk: P and loss (decide with RiskStopper)")
     export.add_argument("-o", "--output", type=Path, required=True, help="osc.onnx or osc.pt2")
     export.add_argument("--window", type=_positive_int, default=None, help="half-window L (default: from --max-iterations)")
     export.add_argument("--smoothing", type=_positive_int, default=10)
@@ -117,9 +119,12 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from oscfast.export import export_stopper
+    from oscfast.export import export_risk_step, export_stopper
 
     fmt = "pt2" if args.output.suffix == ".pt2" else "onnx"
+    if args.rule == "risk":
+        print(f"wrote {export_risk_step(args.output, image_shape=args.image_shape, format=fmt)}")
+        return 0
     path = export_stopper(args.output, t_max=float(args.max_iterations), image_shape=args.image_shape,
                           half_window=args.window, smoothing=args.smoothing, format=fmt)
     print(f"wrote {path}")

@@ -43,6 +43,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from oscfast.engine import GeneratorSnapshot
 
 __all__ = [
+    "RISK_INPUTS",
+    "RISK_OUTPUTS",
+    "RiskStep",
     "STOPPER_INPUTS",
     "STOPPER_OUTPUTS",
     "ExportFormat",
@@ -58,6 +61,8 @@ ExportFormat = Literal["onnx", "pt2"]
 _FORMATS: tuple[str, ...] = ("onnx", "pt2")
 
 #: names of the stopper graph's inputs and outputs, in order
+RISK_INPUTS = ("measured", "target", "noise")
+RISK_OUTPUTS = ("p", "loss")
 STOPPER_INPUTS = ("measured", "noise", "window", "count")
 STOPPER_OUTPUTS = ("p", "p_smooth", "curvature", "next_window", "next_count")
 
@@ -398,6 +403,34 @@ def export_stopper(
         "oscfast.state_length": str(step.state_length),
     }
     return _write(step, args, path, fmt, metadata, input_names=STOPPER_INPUTS, output_names=STOPPER_OUTPUTS)
+
+
+class RiskStep(nn.Module):
+    """The per-step quantities of the "risk" rule: P_t = <A(x_t), n>/<n, n> and the loss
+    mean((A(x_t) - (y + n))^2), both in float64. The decision (running minimum of the
+    smoothed risk loss + c P, patience) stays in the caller:
+    :class:`oscfast.stopping.RiskStopper` fed ``update_p(p, loss)``.
+    """
+
+    def forward(self, measured: torch.Tensor, target: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m, n = measured.to(torch.float64), noise.to(torch.float64)
+        p = torch.sum(m * n) / torch.sum(n * n)
+        loss = torch.mean((m - target.to(torch.float64)) ** 2)
+        return p, loss
+
+
+def export_risk_step(path: str | Path, *, image_shape: tuple[int, int, int], format: ExportFormat = "onnx") -> Path:
+    """Write :class:`RiskStep` (inputs ``measured``, ``target`` = y + n, ``noise``; outputs
+    ``p``, ``loss``) as ONNX or ``.pt2``; drive the decision with ``RiskStopper``.
+
+    Raises:
+        ValueError: unknown format or bad image shape.
+    """
+    fmt = _check_format(format)
+    shape = _check_image_shape(image_shape)
+    args = tuple(torch.full((1, *shape), value, dtype=torch.float32) for value in (0.0, 0.5, 1.0))
+    metadata = {"oscfast.graph": "risk_step", "oscfast.image_shape": ",".join(str(v) for v in shape)}
+    return _write(RiskStep(), args, path, fmt, metadata, input_names=RISK_INPUTS, output_names=RISK_OUTPUTS)
 
 
 # --------------------------------------------------------------------------------------------

@@ -329,3 +329,43 @@ def test_own_loop_example_stops_itself() -> None:
     graph = np.full_like(numba, np.nan)
     graph[: len(numba) - result["half_window"]] = result["curvature"][result["half_window"] :]
     np.testing.assert_allclose(graph, numba, rtol=0, atol=ATOL, equal_nan=True)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_risk_step_export_drives_risk_stopper_like_the_numpy_math(tmp_path, fmt: str) -> None:
+    """The exported risk step gives P and the loss to float64 precision, and a RiskStopper fed
+    from it makes the same decisions as one fed from numpy."""
+    from oscfast.export import export_risk_step
+    from oscfast.stopping import RiskStopper
+
+    shape = (2, 12, 10)
+    path = export_risk_step(tmp_path / f"risk.{fmt}", image_shape=shape, format=fmt)
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        run = lambda m, t, n: session.run(None, {"measured": m, "target": t, "noise": n})  # noqa: E731
+    else:
+        module = torch.export.load(str(path)).module()
+        run = lambda m, t, n: [v.numpy() for v in module(*(torch.from_numpy(a) for a in (m, t, n)))]  # noqa: E731
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.04, (1, *shape)).astype(np.float32)
+    clean = rng.uniform(0, 1, (1, *shape)).astype(np.float32)
+    target = clean + noise
+    graph_stopper = RiskStopper(weight=0.01, max_iterations=300, config=StopConfig(rule="risk", min_patience=20))
+    numpy_stopper = RiskStopper(weight=0.01, max_iterations=300, config=StopConfig(rule="risk", min_patience=20))
+    for t in range(300):
+        # an output that approaches the clean image, then absorbs the noise
+        fit = min(1.0, t / 100)
+        absorbed = max(0.0, (t - 120) / 180)
+        measured = (fit * clean + absorbed * noise).astype(np.float32)
+        p, loss = (float(v) for v in run(measured, target, noise))
+        m64, n64 = measured.astype(np.float64), noise.astype(np.float64)
+        expected_p = float(np.sum(m64 * n64) / np.sum(n64 * n64))
+        expected_loss = float(np.mean((m64 - target.astype(np.float64)) ** 2))
+        assert p == pytest.approx(expected_p, rel=1e-12, abs=1e-15)
+        assert loss == pytest.approx(expected_loss, rel=1e-12, abs=1e-15)
+        graph_stopper.update_p(p, loss)
+        numpy_stopper.update_p(expected_p, expected_loss)
+    assert graph_stopper.best_iteration == numpy_stopper.best_iteration is not None
+    assert graph_stopper.stop_iteration == numpy_stopper.stop_iteration is not None
