@@ -424,11 +424,6 @@ class RiskStopper:
         self.should_stop = False
         self.stop_iteration: int | None = None
 
-    @property
-    def lag(self) -> int:
-        """How many iterations after t the rule can know the smoothed risk at t."""
-        return self.settings.risk_smoothing // 2
-
     def update_p(
         self,
         values: np.ndarray | list[float] | float,
