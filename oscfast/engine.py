@@ -363,17 +363,18 @@ def run_dip(
                 for _ in range(count):
                     run_step()
                 first, done = done, done + count
+                # one transfer per sync: everything the rule and the progress bar read
+                p, loss, p_ema, loss_ema = state.trace[:, first:done].cpu().double().numpy()
                 if stopper is not None:
                     frozen = stopper.should_stop
-                    p, loss, p_ema, loss_ema = state.trace[:, first:done].cpu().double().numpy()
                     decision = stopper.update_p(p, loss, p_ema=p_ema, loss_ema=loss_ema)
                     if decision.new_best and not frozen:
                         state.snapshot_best(decision.best_iteration)
                 if options.progress:
                     bar.update(count)
-                    postfix = {"loss": f"{float(state.loss[done - 1]):.2e}"}
+                    postfix = {"loss": f"{loss[-1]:.2e}"}
                     if stopper is not None:
-                        postfix["P"] = f"{float(state.p[done - 1]):.3f}"
+                        postfix["P"] = f"{p[-1]:.3f}"
                         postfix["stop@"] = stopper.best_iteration
                     bar.set_postfix(postfix, refresh=False)
                 if on_sync is not None:
@@ -387,6 +388,7 @@ def run_dip(
     seconds = time.perf_counter() - start
 
     chosen = stopper.best_iteration if stopper is not None else None
+    trace = state.trace[:, :done].cpu().double().numpy()
     last_slot = (done - 1) % ring_size
     last_image = state.ring_raw[last_slot : last_slot + 1]
     if chosen is None:
@@ -402,9 +404,9 @@ def run_dip(
         raw_image=raw_image.detach().cpu().clone(),
         ema_image=ema_image.detach().cpu().clone(),
         last_image=last_image.detach().cpu().clone(),
-        p=state.p[:done].cpu().numpy().astype(np.float64) if use_osc else np.zeros(0),
+        p=trace[0] if use_osc else np.zeros(0),
         curvature=stopper.curvature if stopper is not None else np.zeros(0),
-        loss=state.loss[:done].cpu().numpy().astype(np.float64),
+        loss=trace[1],
         psnr_raw=state.psnr_raw[:done].cpu().numpy().astype(np.float64) if state.psnr_raw is not None else None,
         psnr_ema=state.psnr_ema[:done].cpu().numpy().astype(np.float64) if state.psnr_ema is not None else None,
         seconds=seconds,
@@ -413,8 +415,8 @@ def run_dip(
         risk=stopper.risk if isinstance(stopper, RiskStopper) else None,
         risk_ema=stopper.risk_ema if isinstance(stopper, RiskStopper) else None,
         best_output=stopper.best_output if isinstance(stopper, RiskStopper) and chosen is not None else None,
-        p_ema=state.p_ema[:done].cpu().numpy().astype(np.float64) if use_osc else np.zeros(0),
-        loss_ema=state.loss_ema[:done].cpu().numpy().astype(np.float64) if use_osc else np.zeros(0),
+        p_ema=trace[2] if use_osc else np.zeros(0),
+        loss_ema=trace[3] if use_osc else np.zeros(0),
         risk_weight=weight,
     )
 
