@@ -1,13 +1,14 @@
 """Plain numpy reference for the chord curvature (method.md section 4).
 
-Written to be obviously correct, not fast: the tests compare the numba kernels against it.
+Written to be obviously correct: the tests compare the numba kernels against it, and both
+against a by-the-book ``np.polyfit`` on each rotated segment.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from oscfast.kernels.chord import chord_frame_curvature
 
 __all__ = ["chord_curvature_reference", "trailing_mean"]
 
@@ -40,7 +41,9 @@ def trailing_mean(p: np.ndarray, window: int) -> np.ndarray:
 def chord_curvature_reference(
     p: np.ndarray, half_window: int, smoothing: int, t_max: float
 ) -> np.ndarray:
-    """Chord curvature kappa_t by the book: rotate each segment, ``np.polyfit`` a parabola.
+    """Chord curvature kappa_t of a whole curve in plain numpy: the trailing mean, then the
+    closed-form chord-frame fit (:func:`oscfast.kernels.chord.chord_frame_curvature`, the
+    same lines the exported graph runs) on every segment at once.
 
     Args:
         p: raw P values.
@@ -58,15 +61,11 @@ def chord_curvature_reference(
         )
     v = trailing_mean(p, smoothing)
     n = v.shape[0]
-    u = np.arange(n, dtype=np.float64) / t_max
     kappa = np.full(n, np.nan)
-    for t in range(half_window, n - half_window):
-        seg = slice(t - half_window, t + half_window + 1)
-        us, vs = u[seg] - u[t - half_window], v[seg] - v[t - half_window]
-        theta = math.atan2(vs[-1], us[-1])
-        c, s = math.cos(theta), math.sin(theta)
-        ur = c * us + s * vs
-        vr = -s * us + c * vs
-        a = np.polyfit(ur, vr, 2)[0]
-        kappa[t] = 2.0 * a
+    segment = 2 * half_window + 1
+    if n < segment:
+        return kappa
+    windows = np.lib.stride_tricks.sliding_window_view(v, segment)
+    u = np.arange(segment, dtype=np.float64) / t_max
+    kappa[half_window : n - half_window] = chord_frame_curvature(windows, u)
     return kappa

@@ -23,6 +23,16 @@ _EXPORTS = {
     "StopConfig": "oscfast.config",
     "OSCStopper": "oscfast.stopping",
     "StopDecision": "oscfast.stopping",
+    "Decision": "oscfast.stopping",
+    "Signals": "oscfast.stopping",
+    "StopRule": "oscfast.stopping",
+    "RiskRule": "oscfast.stopping",
+    "KneeRule": "oscfast.stopping",
+    "PaperRule": "oscfast.stopping",
+    "WMVRule": "oscfast.stopping",
+    "EMVRule": "oscfast.stopping",
+    "PlateauRule": "oscfast.stopping",
+    "CapRule": "oscfast.stopping",
     "Task": "oscfast.tasks",
     "Denoise": "oscfast.tasks",
     "JPEG": "oscfast.tasks",
@@ -47,7 +57,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from oscfast.io import load_image, save_image
     from oscfast.memory import TooLargeError
     from oscfast.metrics import psnr
-    from oscfast.stopping import OSCStopper, StopDecision
+    from oscfast.stopping import (
+        CapRule,
+        Decision,
+        EMVRule,
+        KneeRule,
+        OSCStopper,
+        PaperRule,
+        PlateauRule,
+        RiskRule,
+        Signals,
+        StopDecision,
+        StopRule,
+        WMVRule,
+    )
     from oscfast.tasks import JPEG, CustomOperator, Deblur, Denoise, Inpaint, RestorePixels, SuperResolution, Task
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -11,19 +12,12 @@ import numpy as np
 import torch
 
 from oscfast import io
-from oscfast.config import DIPConfig, StopConfig
-from oscfast.engine import EngineOptions, RunRecord, run_dip
+from oscfast.config import DIPConfig, ProbeName, RuleName, StopConfig
+from oscfast.engine import EngineOptions, RunRecord, run_fits
+from oscfast.metrics import psnr_torch
+from oscfast.plan import RunPlan, plan_restoration
 from oscfast.presets import PRESETS, get_preset
-from oscfast.tasks import (
-    JPEG,
-    CustomOperator,
-    Deblur,
-    Denoise,
-    Inpaint,
-    RestorePixels,
-    SuperResolution,
-    Task,
-)
+from oscfast.tasks import TASK_OPTIONS, Task, build_task
 
 __all__ = ["restore", "Restoration", "History", "TASKS", "build_task"]
 
@@ -33,16 +27,6 @@ logger = logging.getLogger(__name__)
 TASKS = tuple(PRESETS)
 #: the smallest image side the default networks handle (5 stride-2 scales)
 MIN_SIDE = 32
-#: which keyword options each named task takes
-_TASK_OPTIONS: dict[str, set[str]] = {
-    "denoise": set(),
-    "jpeg": set(),
-    "super_resolution": {"factor"},
-    "inpaint": {"mask", "keep_known", "mask_threshold"},
-    "restore_pixels": {"mask", "keep", "keep_known", "mask_threshold"},
-    "deblur": {"kernel", "blur_sigma"},
-    "custom": {"operator", "output_shape", "adjoint"},
-}
 
 OutputChoice = Literal["auto", "ema", "raw"]
 
@@ -52,25 +36,30 @@ class History:
     """Per-iteration curves of a run (index = iteration).
 
     Attributes:
-        p: P_t, the pseudo-noise component (method.md section 3); empty for plain DIP.
-        curvature: chord curvature of the smoothed P curve, NaN where undefined.
-        loss: the training loss.
-        psnr_raw, psnr_ema: PSNR of the raw and of the averaged output (only with reference=).
+        loss, loss_ema: loss of the returned fit's raw and averaged output.
+        p, p_ema: the probe's P as the rule reads it (inline: P_t of the returned fit; twin:
+            P_twin = P_B - P_A, method.md section 8); None without a probe.
+        psnr_raw, psnr_ema: PSNR of the returned fit's raw and averaged output after the
+            task's final step (known pixels put back), only with ``reference=``.
+        scores: the rule's own curves by label (e.g. its risk or curvature).
+        fits: every recorded signal of every fit, name -> (fits, iterations); for the twin,
+            row 0 is the returned fit (plain DIP) and row 1 the fit on y + n.
     """
 
-    p: np.ndarray
-    curvature: np.ndarray
     loss: np.ndarray
+    loss_ema: np.ndarray | None = None
+    p: np.ndarray | None = None
+    p_ema: np.ndarray | None = None
     psnr_raw: np.ndarray | None = None
     psnr_ema: np.ndarray | None = None
-    risk: np.ndarray | None = None
-    risk_ema: np.ndarray | None = None
-    p_ema: np.ndarray | None = None
-    loss_ema: np.ndarray | None = None
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    fits: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        """The curves that exist, by name."""
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        """The curves that exist, by name (scores prefixed ``score:``)."""
+        curves = {k: v for k, v in self.__dict__.items() if isinstance(v, np.ndarray)}
+        curves.update({f"score:{label}": values for label, values in self.scores.items()})
+        return curves
 
 
 @dataclass
@@ -83,14 +72,19 @@ class Restoration:
         iterations_run: how many iterations ran.
         history: per-iteration curves.
         task: the task name.
-        osc_iteration: the iteration the OSC rule chose (None if it found no knee).
-        osc_stop_iteration: the iteration at which the online rule stopped or would have
-            stopped (None if it never fired).
-        stop_reason: ``"knee"`` (the online rule fired) or ``"cap"``.
+        rule: the stop rule that decided.
+        probe: ``"twin"``, ``"inline"`` or ``"none"``.
+        stop_reason: the rule's name when it fired, ``"cap"`` when the run reached its cap.
         output: which image was returned: ``"ema"`` (exponential average) or ``"raw"``.
+        rule_iteration: the iteration the rule chose (None if it chose nothing).
+        rule_stop_iteration: iterations seen when the rule fired (None if it never did).
         raw_image, ema_image: both images at ``stop_iteration`` (before ``finalize``).
-        last_image: the raw output of the last iteration run.
+        last_image: the raw output of the returned fit at the last iteration run.
         psnr: PSNR of ``image`` against ``reference`` when one was given.
+        estimated_psnr: the rule's own estimate of the PSNR of ``image`` where the risk is an
+            unbiased estimate of the error (twin probe, white noise of known or estimated level:
+            denoising; measurement space for a blur); None elsewhere.
+        noise_level: the measurement noise level the risk rule used (None for other rules).
         seconds: wall time of the loop.
         device: where it ran.
         config, stop_config: the configurations used.
@@ -101,29 +95,33 @@ class Restoration:
     iterations_run: int
     history: History
     task: str
-    osc_iteration: int | None
-    osc_stop_iteration: int | None
+    rule: str
+    probe: str
     stop_reason: str
     output: str
+    rule_iteration: int | None
+    rule_stop_iteration: int | None
     raw_image: np.ndarray
     ema_image: np.ndarray
     last_image: np.ndarray
     psnr: float | None
+    estimated_psnr: float | None
+    noise_level: float | None
     seconds: float
     device: str
     config: DIPConfig
     stop_config: StopConfig
-    half_window: int | None = None
-    risk_weight: float | None = None
     task_object: Task | None = field(default=None, repr=False)
     engine_options: EngineOptions | None = field(default=None, repr=False)
+    seed: int = 0
 
     def save(self, path: str | Path, *, bit_depth: int = 8) -> Path:
         """Write the restored image (PNG/JPEG/TIFF by suffix)."""
         return io.save_image(path, self.image, bit_depth=bit_depth)
 
     def plot(self, path: str | Path) -> Path:
-        """Plot P_t, its curvature and (with a reference) the PSNRs, with the stop marked."""
+        """Plot the rule's score, P, the loss and (with a reference) the PSNRs, with the
+        returned iteration and the rule's stop marked."""
         from oscfast.plotting import plot_history
 
         return plot_history(self, path)
@@ -141,99 +139,25 @@ class Restoration:
         return self.seconds / max(1, self.iterations_run)
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; checks that a named CUDA device exists."""
     if isinstance(device, torch.device):
-        return device
-    if device == "auto":
+        resolved = device
+    elif device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu' or 'cuda'") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA device is available")
+    else:
+        try:
+            resolved = torch.device(device)
+        except RuntimeError as error:
+            raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from error
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(resolved)!r} was asked for but no CUDA device is available")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(resolved)!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    elif resolved.type != "cpu":
+        raise ValueError(f"unsupported device {str(resolved)!r}; expected 'cpu' or 'cuda'")
     return resolved
-
-
-def _load_mask(mask: Any, shape_hw: tuple[int, int], threshold: float) -> torch.Tensor:
-    """Mask as (1, 1 or C, H, W) float {0, 1}; non-binary masks are thresholded at ``threshold``."""
-    if mask is None:
-        raise ValueError("this task needs mask= (path or array; 1 = known pixel, 0 = hole)")
-    if isinstance(mask, np.ndarray) and (mask.dtype == bool or (mask.dtype == np.uint8 and mask.max(initial=0) <= 1)):
-        mask = mask.astype(np.float32)  # {0, 1} integers are a mask, not 8-bit grey levels
-    array = io.load_image(mask, name="mask")
-    if array.shape[:2] != tuple(shape_hw):
-        raise ValueError(f"mask has shape {array.shape[:2]}, image is {tuple(shape_hw)}")
-    binary = (array >= threshold).astype(np.float32)
-    if binary.shape[2] > 1 and np.all(binary == binary[:, :, :1]):
-        binary = binary[:, :, :1]
-    if not binary.any():
-        raise ValueError("mask is all zeros: no pixel is known (1 = known, 0 = hole)")
-    return io.image_to_tensor(binary)
-
-
-def build_task(task: str, observation: np.ndarray, *, seed: int = 0, **options: Any) -> Task:
-    """Make a :class:`~oscfast.tasks.Task` from a task name, the observation and options.
-
-    Raises:
-        ValueError: unknown task, an option that the task does not take, or a bad option.
-    """
-    if task not in _TASK_OPTIONS:
-        raise ValueError(f"unknown task {task!r}; expected one of {list(_TASK_OPTIONS)}")
-    given = {key for key, value in options.items() if value is not None}
-    unknown = given - _TASK_OPTIONS[task]
-    if unknown:
-        valid = sorted(_TASK_OPTIONS[task]) or "none"
-        raise ValueError(f"option(s) {sorted(unknown)} do not apply to task {task!r}; valid: {valid}")
-    y = io.image_to_tensor(observation)
-    threshold = 0.5 if options.get("mask_threshold") is None else float(options["mask_threshold"])
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"mask_threshold must lie in [0, 1], got {threshold}")
-    if task == "denoise":
-        return Denoise(y)
-    if task == "jpeg":
-        return JPEG(y)
-    if task == "super_resolution":
-        return SuperResolution(y, factor=options.get("factor") or 4)
-    if task in ("inpaint", "restore_pixels"):
-        keep_known = options.get("keep_known")
-        keep_known = True if keep_known is None else bool(keep_known)
-        if task == "restore_pixels" and options.get("mask") is None:
-            from oscfast.degradations import random_pixel_mask
-
-            keep = 0.5 if options.get("keep") is None else float(options["keep"])
-            if not 0 < keep <= 1:
-                raise ValueError(f"keep must lie in (0, 1], got {keep}")
-            mask_array = random_pixel_mask(observation.shape[:2], keep=keep, seed=seed)
-            mask = io.image_to_tensor(mask_array)
-            y = y * mask  # the pixels the mask drops are not observed
-        elif options.get("keep") is not None:
-            raise ValueError("give either mask= or keep= for task 'restore_pixels', not both")
-        else:
-            mask = _load_mask(options.get("mask"), observation.shape[:2], threshold)
-        cls = Inpaint if task == "inpaint" else RestorePixels
-        return cls(y, mask, keep_known=keep_known)
-    if task == "deblur":
-        from oscfast.operators import gaussian_kernel
-
-        kernel, sigma = options.get("kernel"), options.get("blur_sigma")
-        if (kernel is None) == (sigma is None):
-            raise ValueError("task 'deblur' needs exactly one of kernel= (2-D array) or blur_sigma=")
-        if kernel is None:
-            if not sigma > 0:
-                raise ValueError(f"blur_sigma must be > 0, got {sigma}")
-            kernel = gaussian_kernel(float(sigma))
-        kernel_t = torch.as_tensor(np.asarray(kernel, dtype=np.float32))
-        if kernel_t.ndim != 2 or not torch.isfinite(kernel_t).all() or float(kernel_t.sum()) <= 0:
-            raise ValueError(f"kernel must be a finite 2-D array with a positive sum, got shape {tuple(kernel_t.shape)}")
-        return Deblur(y, kernel_t / kernel_t.sum())
-    operator: Callable[[torch.Tensor], torch.Tensor] | None = options.get("operator")
-    if operator is None or not callable(operator):
-        raise ValueError("task 'custom' needs operator= (a callable x -> A(x) on 1xCxHxW tensors)")
-    output_shape = options.get("output_shape")
-    if output_shape is None:
-        output_shape = (observation.shape[2], *observation.shape[:2])
-    return CustomOperator(y, operator, tuple(int(v) for v in output_shape), adjoint=options.get("adjoint"))
 
 
 def restore(
@@ -249,8 +173,9 @@ def restore(
     device: str | torch.device = "auto",
     precision: Literal["fp32", "bf16"] = "fp32",
     progress: bool = True,
+    probe: ProbeName | None = None,
     pseudo_noise_std: float | None = None,
-    rule: Literal["knee", "risk", "paper"] | None = None,
+    rule: RuleName | None = None,
     noise_level: float | None = None,
     output: OutputChoice = "auto",
     config: DIPConfig | None = None,
@@ -266,7 +191,7 @@ def restore(
     output_shape: tuple[int, int, int] | None = None,
     adjoint: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Restoration:
-    """Restore one damaged image with Deep Image Prior and stop automatically (OSC).
+    """Restore one damaged image with Deep Image Prior and stop automatically.
 
     Args:
         image: the observation: a path (PNG/JPEG/TIFF, 8 or 16 bit), a PIL image, a numpy
@@ -276,21 +201,24 @@ def restore(
             ``"restore_pixels"``, ``"deblur"``, ``"custom"`` or a :class:`Task` instance.
         reference: clean image (same kinds as ``image``) for per-iteration PSNR.
         stop: ``"osc"`` stops when the rule fires; ``"never"`` runs to the cap and still
-            returns the image the rule chose (for evaluation).
+            returns the image the rule chose (for evaluation; the choice is the same).
         max_iterations: iteration cap (default: the preset's published count).
         preset: a published configuration of the task (see ``oscfast.presets``).
         net: swap the preset's generator for the reference repository's ``"unet"`` or
             ``"resnet"`` (same input); ``"skip"`` or None keeps the preset's.
         seed: seeds everything; CPU runs are deterministic for a given seed.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         precision: ``"fp32"`` or ``"bf16"`` (autocast of the network).
         progress: show a progress bar.
+        probe: ``"twin"`` (the pseudo-noise goes into a second fit; the returned image never
+            sees it), ``"inline"`` (the paper: into the returned fit) or ``"none"``; None: the
+            task's default (README, "Stopping").
         pseudo_noise_std: sigma_n of the pseudo-noise (1/25); 0 runs plain DIP to the cap.
-        rule: the stop rule (see :class:`~oscfast.config.StopConfig`); default from stop_config.
+        rule: the stop rule (see :class:`~oscfast.config.StopConfig`); None: the task's default.
         noise_level: std of the measurement noise for rule "risk" (default: estimated for
             denoise/jpeg/deblur, 0 for exact observations).
-        output: ``"ema"``, ``"raw"`` or ``"auto"`` (rule "risk": the image with the lower
-            estimated risk; otherwise EMA for denoise/jpeg, raw for the other tasks).
+        output: ``"ema"``, ``"raw"`` or ``"auto"`` (the rule's choice: the risk rule scores both
+            images; other rules return the task's default, EMA for denoise/jpeg).
         config, stop_config: full configurations, overriding the preset.
         mask, mask_threshold, keep, keep_known, factor, kernel, blur_sigma, operator,
             output_shape, adjoint: task options (see the README's task table).
@@ -309,9 +237,9 @@ def restore(
         raise ValueError(f"unknown stop {stop!r}; expected 'osc' or 'never'")
     if output not in ("auto", "ema", "raw"):
         raise ValueError(f"unknown output {output!r}; expected 'auto', 'ema' or 'raw'")
-    if max_iterations is not None and (int(max_iterations) != max_iterations or max_iterations < 1):
+    if max_iterations is not None and (isinstance(max_iterations, bool) or int(max_iterations) != max_iterations or max_iterations < 1):
         raise ValueError(f"max_iterations must be a positive integer, got {max_iterations}")
-    resolved_device = _resolve_device(device)
+    resolved_device = resolve_device(device)
     observation = io.load_image(image, name="image")
     task_options = dict(
         mask=mask, mask_threshold=mask_threshold, keep=keep, keep_known=keep_known, factor=factor,
@@ -342,15 +270,15 @@ def restore(
         from oscfast.models import NetSpec
 
         dip = replace(dip, net=NetSpec(kind=net, input_channels=dip.net.input_channels))
+    check_net_fits(dip, out_h, out_w)
     stop_settings = stop_config or StopConfig()
-    if pseudo_noise_std is not None:
-        stop_settings = replace(stop_settings, pseudo_noise_std=float(pseudo_noise_std))
-    if rule is not None:
-        stop_settings = replace(stop_settings, rule=rule)
-    if noise_level is not None:
-        if not noise_level >= 0:
-            raise ValueError(f"noise_level must be >= 0, got {noise_level}")
-        stop_settings = replace(stop_settings, noise_level=float(noise_level))
+    changes = {
+        key: value
+        for key, value in dict(probe=probe, rule=rule, pseudo_noise_std=pseudo_noise_std, noise_level=noise_level).items()
+        if value is not None
+    }
+    if changes:
+        stop_settings = replace(stop_settings, **changes)
 
     reference_tensor = None
     if reference is not None:
@@ -362,15 +290,42 @@ def restore(
             )
         reference_tensor = io.image_to_tensor(reference_array)
 
-    options = EngineOptions(device=resolved_device, precision=precision, seed=seed, progress=progress)
-    record = run_dip(task_object, dip, stop_settings, stop_mode=stop, reference=reference_tensor, options=options)
-    result = _to_restoration(record, task_object, task_name, output, reference_tensor, dip, stop_settings, resolved_device)
+    plan = plan_restoration(task_object, dip, stop_settings, seed=seed)
+    options = EngineOptions(device=resolved_device, precision=precision, seed=seed, progress=progress,
+                            sync_every=stop_settings.sync_every)
+    metrics = {}
+    if reference_tensor is not None:
+        target = reference_tensor.to(resolved_device)
+        metrics["psnr"] = lambda x: psnr_torch(target, x)
+    record = run_fits(plan.fits, dip, [plan.watch], stop_mode=stop, metrics=metrics, options=options)
+    result = to_restoration(record, plan, task_object, task_name, output, reference_tensor, dip, stop_settings, resolved_device)
     result.engine_options = options
+    result.seed = seed
     return result
 
 
-def _to_restoration(
+def check_net_fits(config: DIPConfig, height: int, width: int) -> None:
+    """Raise a clear error when the generator cannot run at this size (its deepest scale
+    would be smaller than its padding or a single pixel), before anything is allocated."""
+    spec = config.net
+    if spec.kind != "skip":
+        return
+    multiple = spec.stride_multiple
+    side = min(math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple)
+    deepest = side // 2 ** spec.num_scales
+    kernels = spec.filter_size_down if isinstance(spec.filter_size_down, tuple) else (spec.filter_size_down,)
+    pad = (max(kernels) - 1) // 2
+    if deepest < 2 or (spec.pad == "reflection" and deepest <= pad):
+        smallest = multiple * max(2, pad + 1)
+        raise ValueError(
+            f"a {height}x{width} image is too small for this generator ({spec.num_scales} scales, "
+            f"{max(kernels)}x{max(kernels)} filters): the smallest side must be at least {smallest} px"
+        )
+
+
+def to_restoration(
     record: RunRecord,
+    plan: RunPlan,
     task: Task,
     task_name: str,
     output: OutputChoice,
@@ -379,43 +334,72 @@ def _to_restoration(
     stop_config: StopConfig,
     device: torch.device,
 ) -> Restoration:
-    if output == "auto":
-        kind = record.best_output or task.default_output
-    else:
-        kind = output
+    """Turn an engine record of a :class:`RunPlan` into the user's :class:`Restoration`."""
+    decision = record.decision
+    kind = decision.output if output == "auto" else output
     chosen = record.raw_image if kind == "raw" else record.ema_image
+    cpu_task = task if all(t.device.type == "cpu" for t in task.buffers()) else None
     with torch.no_grad():
-        final = task.to("cpu").finalize(chosen).clamp_(0, 1)
+        final = (cpu_task or _cpu_copy(task)).finalize(chosen).clamp_(0, 1)
     image = io.tensor_to_image(final)
     score = None
     if reference is not None:
         from oscfast.metrics import psnr
 
         score = psnr(io.tensor_to_image(reference), image)
-    stop_iteration = record.chosen_iteration if record.chosen_iteration is not None else record.iterations_run - 1
+    stop_iteration = decision.iteration if decision.iteration is not None else record.iterations_run - 1
+    watch = plan.watch
+    traces = record.traces
+    fit = watch.fit
+
+    def probe_series(name: str) -> np.ndarray | None:
+        if watch.probe is None or name not in traces:
+            return None
+        series = traces[name][watch.probe]
+        return series - traces[name][watch.base] if watch.base is not None else series
+
+    rule = record.rules[record.driver]
+    estimated = None
+    error = getattr(rule, "estimated_error", lambda: None)()
+    if error is not None and decision.output == kind:
+        estimated = -10.0 * math.log10(max(error, 1e-12))
+    fired = decision.should_stop and decision.stop_iteration is not None
     return Restoration(
         image=image,
         stop_iteration=stop_iteration,
         iterations_run=record.iterations_run,
         history=History(
-            p=record.p, curvature=record.curvature, loss=record.loss,
-            psnr_raw=record.psnr_raw, psnr_ema=record.psnr_ema, risk=record.risk,
-            risk_ema=record.risk_ema, p_ema=record.p_ema, loss_ema=record.loss_ema,
+            loss=traces["loss"][fit],
+            loss_ema=traces["loss_ema"][fit] if "loss_ema" in traces else None,
+            p=probe_series("p"),
+            p_ema=probe_series("p_ema"),
+            psnr_raw=traces["psnr"][fit] if "psnr" in traces else None,
+            psnr_ema=traces["psnr_ema"][fit] if "psnr_ema" in traces else None,
+            scores=rule.scores(),
+            fits=traces,
         ),
         task=task_name,
-        osc_iteration=record.chosen_iteration,
-        osc_stop_iteration=record.osc_stop_iteration,
-        stop_reason=record.stop_reason,
+        rule=plan.rule,
+        probe=plan.probe,
+        stop_reason=plan.rule if fired else "cap",
         output=kind,
+        rule_iteration=decision.iteration,
+        rule_stop_iteration=decision.stop_iteration,
         raw_image=io.tensor_to_image(record.raw_image),
         ema_image=io.tensor_to_image(record.ema_image),
-        last_image=io.tensor_to_image(record.last_image),
+        last_image=io.tensor_to_image(record.last_images[fit]),
         psnr=score,
+        estimated_psnr=estimated,
+        noise_level=plan.noise_level,
         seconds=record.seconds,
         device=str(device),
         config=config,
         stop_config=stop_config,
-        half_window=record.half_window,
-        risk_weight=record.risk_weight,
         task_object=task,
     )
+
+
+def _cpu_copy(task: Task) -> Task:
+    import copy
+
+    return copy.deepcopy(task).to("cpu")

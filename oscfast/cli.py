@@ -1,4 +1,8 @@
-"""Command-line interface: ``oscfast restore``, ``oscfast demo``."""
+"""Command-line interface: ``oscfast restore``, ``demo``, ``evaluate``, ``export``.
+
+Every option is checked before any work starts (output suffix and folder, input files, the
+device), so a long run is never lost to a typo; errors are one line on stderr, exit status 2.
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +14,14 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 TASK_CHOICES = ("denoise", "jpeg", "super_resolution", "inpaint", "restore_pixels", "deblur")
+RULE_CHOICES = ("risk", "knee", "paper", "es-wmv", "es-emv", "plateau", "cap")
+PROBE_CHOICES = ("twin", "inline", "none")
+
+RESTORE_EXAMPLES = """examples:
+  oscfast restore noisy.png -o clean.png
+  oscfast restore lr.png -o sr.png --task super_resolution --factor 4 --save-history run.npz
+  oscfast restore holes.png -o filled.png --task inpaint --mask mask.png --invert-mask
+"""
 
 
 def _positive_int(text: str) -> int:
@@ -22,6 +34,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
 def _shape(text: str) -> tuple[int, int, int]:
     parts = text.lower().split("x")
     if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
@@ -29,46 +51,96 @@ def _shape(text: str) -> tuple[int, int, int]:
     return tuple(int(p) for p in parts)  # type: ignore[return-value]
 
 
+def _presets_help() -> str:
+    from oscfast.presets import DEFAULT_PRESET, PRESETS
+
+    return "; ".join(
+        f"{task}: {', '.join(sorted(names))} (default {DEFAULT_PRESET[task]})" for task, names in PRESETS.items() if task != "custom"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``oscfast`` command."""
     parser = argparse.ArgumentParser(
-        prog="oscfast", description="Deep Image Prior restoration that stops by itself (OSC)."
+        prog="oscfast", description="Deep Image Prior restoration that stops by itself."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
 
-    rest = commands.add_parser("restore", help="restore one image")
-    rest.add_argument("input", type=Path, help="damaged image (PNG/JPEG/TIFF)")
-    rest.add_argument("-o", "--output", type=Path, required=True, help="where to write the restored image")
+    class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        pass
+
+    rest = commands.add_parser(
+        "restore", help="restore one image", formatter_class=Formatter,
+        description=f"Restore one image. Presets: {_presets_help()}.", epilog=RESTORE_EXAMPLES,
+    )
+    rest.add_argument("input", type=Path, help="damaged image (PNG/JPEG/TIFF/BMP)")
+    rest.add_argument("-o", "--output", type=Path, required=True, help="restored image (.png/.jpg/.tif/.bmp)")
     rest.add_argument("--task", default="denoise", choices=TASK_CHOICES)
-    rest.add_argument("--preset", default=None, help="published configuration of the task")
-    rest.add_argument("--net", choices=("skip", "unet", "resnet"), default=None, help="generator network")
-    rest.add_argument("--factor", type=_positive_int, default=None, help="super-resolution factor")
-    rest.add_argument("--mask", type=Path, default=None, help="mask image (white = known pixel)")
-    rest.add_argument("--keep", type=float, default=None, help="restore_pixels: kept fraction when no mask is given")
+    rest.add_argument("--preset", default=None, help="published configuration of the task (see above)")
+    rest.add_argument("--net", choices=("skip", "unet", "resnet"), default=None, help="generator network (default: the preset's)")
+    rest.add_argument("--factor", type=_positive_int, default=None, help="super-resolution factor (default 4)")
+    rest.add_argument("--mask", type=Path, default=None, help="inpaint/restore_pixels: mask image, white = known pixel")
+    rest.add_argument("--invert-mask", action="store_true", help="the mask is white = hole (as most inpainting tools)")
+    rest.add_argument("--keep", type=float, default=None, help="restore_pixels without a mask: kept fraction (0.5)")
+    rest.add_argument("--keep-known", action=argparse.BooleanOptionalAction, default=True,
+                      help="masked tasks: put the known pixels back into the result")
     rest.add_argument("--kernel", type=Path, default=None, help="deblur: blur kernel (.npy or image)")
     rest.add_argument("--blur-sigma", type=float, default=None, help="deblur: Gaussian blur sigma in px")
+    rest.add_argument("--probe", choices=PROBE_CHOICES, default=None, help="where the pseudo-noise goes (default: per task)")
+    rest.add_argument("--rule", choices=RULE_CHOICES, default=None, help="stop rule (default: per task)")
+    rest.add_argument("--noise-level", type=_non_negative_float, default=None,
+                      help="std of the measurement noise in [0, 1] units for the risk rule (default: estimated)")
+    rest.add_argument("--pseudo-noise-std", type=_non_negative_float, default=None,
+                      help="std of the pseudo-noise (1/25; 0: plain DIP to the cap)")
+    rest.add_argument("--output-kind", choices=("auto", "raw", "ema"), default="auto",
+                      help="return the raw output or its exponential average (auto: the rule's choice)")
     rest.add_argument("--reference", type=Path, default=None, help="clean image: report PSNR per iteration")
-    rest.add_argument("--plot", type=Path, default=None, help="write the curves (P, curvature, PSNR) here")
-    rest.add_argument("--max-iterations", type=_positive_int, default=None)
-    rest.add_argument("--stop", choices=("osc", "never"), default="osc")
+    rest.add_argument("--plot", type=Path, default=None, help="write the curves (rule score, P, PSNR, loss) as PNG")
+    rest.add_argument("--save-history", type=Path, default=None, help="write the per-iteration curves (.npz or .json)")
+    rest.add_argument("--max-iterations", type=_positive_int, default=None, help="iteration cap (default: the preset's)")
+    rest.add_argument("--stop", choices=("osc", "never"), default="osc", help="never: run to the cap, return the rule's choice")
     rest.add_argument("--seed", type=int, default=0)
-    rest.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    rest.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     rest.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    rest.add_argument("--quiet", action="store_true", help="no progress bar, only errors")
+    rest.add_argument("--quiet", action="store_true", help="no progress bar and no warnings, only errors")
 
-    export = commands.add_parser("export", help="export the stopper's per-step math (ONNX or .pt2)")
+    evaluate = commands.add_parser(
+        "evaluate", help="degrade clean images, restore them, compare every rule with plain DIP",
+        formatter_class=defaults,
+    )
+    evaluate.add_argument("folder", type=Path, help="folder of clean images")
+    evaluate.add_argument("-o", "--output", type=Path, required=True, help="report (.md); curves and figures go beside it")
+    evaluate.add_argument("--task", default="denoise", choices=TASK_CHOICES)
+    evaluate.add_argument("--sigma", type=float, default=25.0, help="denoise: noise std in 8-bit units")
+    evaluate.add_argument("--quality", type=_positive_int, default=10, help="jpeg: quality")
+    evaluate.add_argument("--factor", type=_positive_int, default=4, help="super_resolution: factor")
+    evaluate.add_argument("--mask-kind", choices=("text", "random"), default="text", help="inpaint: generated mask")
+    evaluate.add_argument("--keep", type=float, default=0.5, help="restore_pixels: kept fraction")
+    evaluate.add_argument("--blur-sigma", type=float, default=1.5, help="deblur: blur sigma (plus 1%% noise)")
+    evaluate.add_argument("--size", type=_positive_int, default=128, help="resize to this long side (px)")
+    evaluate.add_argument("--rules", default=None, help="comma-separated candidate labels to report (default: all)")
+    evaluate.add_argument("--seeds", type=_positive_int, default=1)
+    evaluate.add_argument("--max-iterations", type=_positive_int, default=None)
+    evaluate.add_argument("--preset", default=None)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--quiet", action="store_true")
+
+    export = commands.add_parser("export", help="export the stopper's per-step math (ONNX or .pt2)", formatter_class=defaults)
     export.add_argument("what", choices=("stopper",))
     export.add_argument("--rule", choices=("knee", "risk"), default="knee",
-                        help="knee: P, smoothed P and curvature; risk: P and loss (decide with RiskStopper)")
+                        help="knee: P, smoothed P and curvature; risk: P and loss (decide with RiskRule)")
+    export.add_argument("--probe", choices=("inline", "twin"), default="inline",
+                        help="risk: twin takes both fits' outputs")
     export.add_argument("-o", "--output", type=Path, required=True, help="osc.onnx or osc.pt2")
     export.add_argument("--window", type=_positive_int, default=None, help="half-window L (default: from --max-iterations)")
     export.add_argument("--smoothing", type=_positive_int, default=10)
     export.add_argument("--max-iterations", type=_positive_int, default=3000, help="the loop's cap (scales the axis)")
     export.add_argument("--image-shape", type=_shape, default=(3, 512, 512), help="CxHxW of the operator output")
 
-    demo = commands.add_parser("demo", help="denoise a bundled image and write PNGs")
+    demo = commands.add_parser("demo", help="denoise a bundled image and write PNGs", formatter_class=defaults)
     demo.add_argument("--out-dir", type=Path, default=Path("oscfast-demo"))
-    demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    demo.add_argument("--device", default="auto")
     demo.add_argument("--quiet", action="store_true")
     return parser
 
@@ -83,17 +155,48 @@ def _load_kernel(path: Path):  # noqa: ANN202 - numpy array
     return io.load_image(path, name="kernel")[:, :, 0]
 
 
+def _check_restore_args(args: argparse.Namespace) -> None:
+    """Everything that can be checked before the run, so that no run is lost afterwards."""
+    from oscfast import io
+    from oscfast.api import resolve_device
+
+    if not args.input.is_file():
+        raise ValueError(f"input '{args.input}' does not exist or is not a file")
+    io.check_save_path(args.output)
+    inputs = [args.input, args.mask, args.kernel, args.reference]
+    for path in (args.output, args.plot):
+        if path is not None and any(p is not None and p.exists() and path.resolve() == p.resolve() for p in inputs):
+            raise ValueError(f"'{path}' is also an input: refusing to overwrite it")
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise ValueError(f"--plot writes a PNG, got '{args.plot}'")
+    if args.save_history is not None and args.save_history.suffix.lower() not in (".npz", ".json"):
+        raise ValueError(f"--save-history writes .npz or .json, got '{args.save_history}'")
+    for flag, path in (("--mask", args.mask), ("--kernel", args.kernel), ("--reference", args.reference)):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{flag} '{path}' does not exist or is not a file")
+    if args.invert_mask and args.mask is None:
+        raise ValueError("--invert-mask needs --mask")
+    resolve_device(args.device)
+
+
 def _restore(args: argparse.Namespace) -> int:
+    from oscfast import io
     from oscfast.api import restore
 
+    _check_restore_args(args)
+    mask = args.mask
+    if mask is not None and args.invert_mask:
+        mask = 1.0 - io.load_image(mask, name="mask")
+    masked = args.task in ("inpaint", "restore_pixels")
     result = restore(
         args.input,
         task=args.task,
         preset=args.preset,
         net=args.net,
         factor=args.factor,
-        mask=args.mask,
+        mask=mask,
         keep=args.keep,
+        keep_known=args.keep_known if masked else None,
         kernel=_load_kernel(args.kernel) if args.kernel else None,
         blur_sigma=args.blur_sigma,
         reference=args.reference,
@@ -103,19 +206,55 @@ def _restore(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         progress=not args.quiet,
+        probe=args.probe,
+        rule=args.rule,
+        noise_level=args.noise_level,
+        pseudo_noise_std=args.pseudo_noise_std,
+        output=args.output_kind,
     )
     result.save(args.output)
     if args.plot:
         result.plot(args.plot)
+    if args.save_history:
+        _save_history(result, args.save_history)
     if not args.quiet:
         line = (
             f"wrote {args.output}: iteration {result.stop_iteration} returned ({result.output} output), "
-            f"{result.iterations_run} run, stop: {result.stop_reason}, {result.seconds:.1f} s"
+            f"{result.iterations_run} run, rule {result.rule} ({result.probe} probe), "
+            f"stop: {result.stop_reason}, {result.seconds:.1f} s"
         )
         if result.psnr is not None:
             line += f", PSNR {result.psnr:.2f} dB"
+        if result.estimated_psnr is not None:
+            line += f", estimated PSNR {result.estimated_psnr:.2f} dB"
         print(line)
     return 0
+
+
+def _save_history(result, path: Path) -> None:  # noqa: ANN001 - a Restoration
+    import json
+    import os
+    import tempfile
+
+    import numpy as np
+
+    curves = result.history.as_dict()
+    for name, values in result.history.fits.items():
+        for fit, row in enumerate(values):
+            curves[f"fit{fit}:{name}"] = row
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        if path.suffix.lower() == ".npz":
+            with open(name, "wb") as stream:
+                np.savez_compressed(stream, **curves)
+        else:
+            payload = {key: [None if not np.isfinite(v) else float(v) for v in values] for key, values in curves.items()}
+            Path(name).write_text(json.dumps(payload))
+        os.replace(name, path)
+    finally:
+        Path(name).unlink(missing_ok=True)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -123,7 +262,7 @@ def _export(args: argparse.Namespace) -> int:
 
     fmt = "pt2" if args.output.suffix == ".pt2" else "onnx"
     if args.rule == "risk":
-        print(f"wrote {export_risk_step(args.output, image_shape=args.image_shape, format=fmt)}")
+        print(f"wrote {export_risk_step(args.output, image_shape=args.image_shape, probe=args.probe, format=fmt)}")
         return 0
     path = export_stopper(args.output, t_max=float(args.max_iterations), image_shape=args.image_shape,
                           half_window=args.window, smoothing=args.smoothing, format=fmt)
@@ -138,13 +277,22 @@ def _demo(args: argparse.Namespace) -> int:
     result = report.result
     print(f"noisy input     PSNR {report.noisy_psnr:6.2f} dB")
     print(f"restored output PSNR {report.restored_psnr:6.2f} dB  ({result.output} output)")
+    if result.estimated_psnr is not None:
+        print(f"the rule's own estimate of that PSNR: {result.estimated_psnr:.2f} dB")
+    fired = f"rule '{result.rule}' fired" if result.stop_reason != "cap" else f"rule '{result.rule}' did not fire: cap reached"
     print(
         f"stop iteration {result.stop_iteration}, iterations run {result.iterations_run} "
-        f"of {result.config.max_iterations} ({result.stop_reason}), {result.seconds:.1f} s on {result.device}"
+        f"of {result.config.max_iterations} ({fired}; {result.probe} probe), {result.seconds:.1f} s on {result.device}"
     )
     for name, path in report.files.items():
         print(f"{name:>9}: {path}")
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from oscfast.evaluate_cli import run_evaluate
+
+    return run_evaluate(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,11 +301,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet = getattr(args, "quiet", False)
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="%(levelname)s: %(message)s")
+    if quiet:
+        import warnings
+
+        warnings.simplefilter("ignore")
     try:
         if args.command == "restore":
             return _restore(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
         return _demo(args)
     except (ValueError, TypeError, FileNotFoundError, OSError) as error:
         print(f"oscfast: error: {error}", file=sys.stderr)

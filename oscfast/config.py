@@ -6,114 +6,80 @@ from typing import Literal
 
 from oscfast.models import DENOISE_SPEC, NetSpec
 
-__all__ = ["DIPConfig", "StopConfig", "ResolvedStop"]
+__all__ = ["DIPConfig", "PROBE_NAMES", "ProbeName", "RULE_NAMES", "RuleName", "StopConfig"]
 
-StopRule = Literal["knee", "risk", "paper", "osc"]
+RuleName = Literal["risk", "knee", "paper", "es-wmv", "es-emv", "plateau", "cap"]
+ProbeName = Literal["twin", "inline", "none"]
+RULE_NAMES: tuple[str, ...] = ("risk", "knee", "paper", "es-wmv", "es-emv", "plateau", "cap")
+PROBE_NAMES: tuple[str, ...] = ("twin", "inline", "none")
 
 
 @dataclass(frozen=True)
 class StopConfig:
-    """Options of the Orthogonal Stopping Criterion (method.md sections 2-5).
+    """How a restoration decides when to stop (method.md sections 2-8).
 
     Attributes:
-        rule: ``"knee"`` (alias ``"osc"``: the online knee of the P curve, method.md section 5:
-            smoothed P, early-minimum guard, a significant upward bend), ``"risk"`` (online
-            minimum of the Monte-Carlo SURE risk loss_t + c P_t, where the pseudo-noise is the
-            divergence probe; needs no window, see README "Stopping rules") or ``"paper"``
-            (offline argmax of the curvature of the raw P curve over the whole run).
-        pseudo_noise_std: standard deviation sigma_n of the pseudo-noise (1/25 for images in
-            [0, 1], the paper's default). 0 disables OSC: plain DIP.
-        half_window: half-window L of the parabola fit; None -> max(50, round(cap / 7.5))
-            (method.md section 7: L is the parameter that matters; 400 for a 3000 cap).
-        smoothing: trailing-mean window w applied to P before the fit.
-        patience: iterations of curvature without a new maximum before stopping;
-            None -> equal to the half-window.
-        min_curvature: a knee must have curvature above this (0: the P curve must bend
-            upward). Curves that are concave throughout (no knee) run to the cap.
-        significance: a knee must have curvature above ``significance`` standard errors of
-            the curvature that the jitter of P alone would produce (0 disables). The jitter
-            is estimated online from the P values (median absolute first difference).
-        risk_smoothing: trailing-mean window of the risk curve (rule "risk").
-        patience_ratio: rule "risk" stops once the risk minimum at t is older than
-            max(min_patience, patience_ratio * t) iterations (time-scale free).
-        min_patience: None -> max(50, round(cap / 15)).
-        noise_level: std of the measurement noise for rule "risk" (None: the task's estimate).
-        sync_every: how many iterations pass between two reads of P on the host (K).
+        rule: ``"risk"`` (online minimum of a SURE estimate of the error), ``"knee"`` (knee of
+            the P curve), ``"paper"`` (the paper's offline argmax, reproduction), ``"es-wmv"``
+            / ``"es-emv"`` (the peer rules, no pseudo-noise), ``"plateau"`` (the averaged
+            output stopped changing) or ``"cap"`` (run to the cap). None: the task's default
+            (:data:`oscfast.plan.DEFAULT_STOP`, chosen by the study in bench/results/rules.md).
+        probe: where the pseudo-noise goes: ``"twin"`` (a second fit on y + n beside the
+            returned fit on y: the returned image never sees n), ``"inline"`` (into the returned
+            fit, the paper) or ``"none"``. None: the task's default.
+        pseudo_noise_std: sigma_n (1/25 for images in [0, 1], the paper's); 0 means no probe.
+        noise_level: std of the measurement noise for the risk rule (None: the task's estimate).
+        half_window, smoothing, patience, significance, min_curvature: knee rule (L: None ->
+            max(50, cap / 7.5); patience None -> L).
+        risk_smoothing, patience_ratio, min_patience: risk rule (min_patience None ->
+            max(50, cap / 15)).
+        es_patience: ES-WMV / ES-EMV patience (1000 in their notebooks).
+        plateau_db, plateau_patience: plateau rule.
+        sync_every: iterations between two reads of the device buffers by the host.
     """
 
-    rule: StopRule = "risk"
+    rule: RuleName | None = None
+    probe: ProbeName | None = None
     pseudo_noise_std: float = 1.0 / 25.0
+    noise_level: float | None = None
     half_window: int | None = None
     smoothing: int = 10
     patience: int | None = None
-    min_curvature: float = 0.0
     significance: float = 3.0
+    min_curvature: float = 0.0
     risk_smoothing: int = 25
     patience_ratio: float = 0.5
     min_patience: int | None = None
-    noise_level: float | None = None
+    es_patience: int = 1000
+    plateau_db: float = 50.0
+    plateau_patience: int = 200
     sync_every: int = 25
 
     def __post_init__(self) -> None:
-        if self.rule not in ("knee", "risk", "paper", "osc"):
-            raise ValueError(f"unknown stop rule {self.rule!r}; expected 'knee', 'risk' or 'paper'")
-        if self.rule == "osc":
+        if self.rule == "osc":  # the old name of the knee rule
             object.__setattr__(self, "rule", "knee")
-        if self.risk_smoothing < 1:
-            raise ValueError(f"risk_smoothing must be >= 1, got {self.risk_smoothing}")
-        if self.patience_ratio < 0:
-            raise ValueError(f"patience_ratio must be >= 0, got {self.patience_ratio}")
+        if self.rule is not None and self.rule not in RULE_NAMES:
+            raise ValueError(f"unknown stop rule {self.rule!r}; expected one of {list(RULE_NAMES)}")
+        if self.probe is not None and self.probe not in PROBE_NAMES:
+            raise ValueError(f"unknown probe {self.probe!r}; expected one of {list(PROBE_NAMES)}")
         if not self.pseudo_noise_std >= 0:
             raise ValueError(f"pseudo_noise_std must be >= 0, got {self.pseudo_noise_std}")
+        if self.noise_level is not None and not self.noise_level >= 0:
+            raise ValueError(f"noise_level must be >= 0, got {self.noise_level}")
+        checks = [
+            ("risk_smoothing", self.risk_smoothing, 1), ("smoothing", self.smoothing, 1),
+            ("sync_every", self.sync_every, 1), ("es_patience", self.es_patience, 0),
+            ("plateau_patience", self.plateau_patience, 1),
+        ]
+        for name, value, low in checks:
+            if value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
         if self.half_window is not None and self.half_window < 2:
             raise ValueError(f"half_window must be >= 2, got {self.half_window}")
-        if self.smoothing < 1:
-            raise ValueError(f"smoothing must be >= 1, got {self.smoothing}")
         if self.patience is not None and self.patience < 0:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
-        if self.significance < 0:
-            raise ValueError(f"significance must be >= 0, got {self.significance}")
-        if self.sync_every < 1:
-            raise ValueError(f"sync_every must be >= 1, got {self.sync_every}")
-
-    def resolve(self, max_iterations: int) -> ResolvedStop:
-        """Fill the defaults that depend on the iteration cap."""
-        half_window = self.half_window or max(50, round(max_iterations / 7.5))
-        min_patience = self.min_patience if self.min_patience is not None else max(50, round(max_iterations / 15))
-        patience = half_window if self.patience is None else self.patience
-        paper = self.rule == "paper"
-        return ResolvedStop(
-            half_window=half_window,
-            smoothing=1 if paper else self.smoothing,
-            patience=patience,
-            t_max=float(max_iterations),
-            min_curvature=-float("inf") if paper else self.min_curvature,
-            significance=0.0 if paper else self.significance,
-            guard_early_minimum=not paper,
-            online=not paper,
-            rule=self.rule,
-            risk_smoothing=self.risk_smoothing,
-            patience_ratio=self.patience_ratio,
-            min_patience=min_patience,
-        )
-
-
-@dataclass(frozen=True)
-class ResolvedStop:
-    """A :class:`StopConfig` with every default filled for one run."""
-
-    half_window: int
-    smoothing: int
-    patience: int
-    t_max: float
-    min_curvature: float = 0.0
-    significance: float = 0.0
-    guard_early_minimum: bool = True
-    online: bool = True
-    rule: str = "knee"
-    risk_smoothing: int = 25
-    patience_ratio: float = 0.5
-    min_patience: int = 50
+        if self.patience_ratio < 0 or self.significance < 0:
+            raise ValueError("patience_ratio and significance must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,27 @@
-"""The DIP loop with on-device OSC bookkeeping (method.md sections 1-5).
+"""The DIP loop for K fits at once, with every signal computed on the device (method.md 1-8).
 
-One training step does everything on the device: perturb z, forward, loss against y + n,
-backward, Adam, the exponential average, P_t, the PSNRs when a reference is given, and the
-ring buffer of recent outputs, each written at index t of preallocated buffers. On CUDA the
-step is captured once in a CUDA graph and replayed; on the CPU the same function runs
-eagerly. The host reads the new P values every ``sync_every`` iterations and drives the
-:class:`~oscfast.stopping.OSCStopper`. The engine does not know which task it runs.
+One training step does everything on the device for each of K fits (stacked parameters,
+:mod:`oscfast.fits`): perturb z, forward, loss against the fit's target, backward, Adam, the
+exponential average, the signals the stop rules read (loss, P of the raw and averaged output,
+ES variances, the change of the averaged output, metrics against a reference), and the ring of
+recent outputs, each written at the fit's iteration index of preallocated buffers. On CUDA the
+step is captured once in a CUDA graph and replayed; on the CPU the same function runs eagerly.
+The host reads the new values every ``sync_every`` iterations and feeds the stop rules.
+
+A *fit* is one DIP optimisation (:class:`FitSpec`: its task, seed, whether its target carries
+the pseudo-noise). A *watch* attaches a stop rule to fits (:class:`Watch`): whose image it
+returns, which fit carries the probe and which is subtracted from it (the twin). One watch
+drives the run (its image is returned, its stop ends the run); the others only record their
+decisions (evaluation). The engine knows neither the task nor the rule behind the protocols.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,19 +29,32 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from oscfast.config import DIPConfig, StopConfig
+from oscfast.config import DIPConfig
+from oscfast.fits import StackedAdam, StackedGenerators, Strategy
 from oscfast.memory import check_memory, estimate_run_bytes
-from oscfast.metrics import psnr_torch
-from oscfast.models import build_net
-from oscfast.stopping import OSCStopper, RiskStopper, make_stopper, projection, risk_weight
+from oscfast.probe import projection
+from oscfast.stopping import Decision, Signals, StopRule
 from oscfast.tasks import Task
 
-__all__ = ["EngineOptions", "RunRecord", "run_dip", "canvas_geometry"]
+__all__ = [
+    "CanvasGeometry",
+    "EngineOptions",
+    "FitSpec",
+    "GeneratorSnapshot",
+    "RunRecord",
+    "SyncInfo",
+    "Watch",
+    "canvas_geometry",
+    "make_input",
+    "run_fits",
+]
 
 logger = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16"]
 StopMode = Literal["osc", "never"]
+#: signals the engine can compute per fit (see oscfast.stopping)
+ENGINE_SIGNALS = ("loss", "loss_ema", "p", "p_ema", "wmv", "emv", "change")
 
 
 @dataclass(frozen=True)
@@ -44,24 +65,34 @@ class EngineOptions:
         device: torch device to run on.
         precision: ``"fp32"`` or ``"bf16"`` (autocast of the network; loss, P, EMA stay fp32).
         cuda_graph: capture the step in a CUDA graph (None: whenever the device is CUDA).
-        channels_last: run the network in channels_last memory format (None: on CUDA only;
-            on this project's AVX2 CPUs it measured ~20% slower than NCHW).
-        seed: seeds the network initialisation, z, the reg-noise and the pseudo-noise.
+        strategy: how K fits share a step (:class:`oscfast.fits.StackedGenerators`).
+        seed: unused by the engine itself (each fit has its own); kept for callers.
         progress: show a tqdm bar.
         check_memory: estimate the memory before allocating and refuse runs that do not fit.
+        sync_every: iterations between two reads of the device buffers by the host.
+        wmv_window: the ES-WMV window W (reference-configs.md section 7).
+        emv_alpha: the ES-EMV weight alpha.
+        change_lag: the plateau signal compares the averaged output with the one this many
+            iterations earlier.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: Precision = "fp32"
     cuda_graph: bool | None = None
-    channels_last: bool | None = None
+    strategy: Strategy = "auto"
     seed: int = 0
     progress: bool = True
     check_memory: bool = True
+    sync_every: int = 25
+    wmv_window: int = 100
+    emv_alpha: float = 0.1
+    change_lag: int = 100
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"unknown precision {self.precision!r}; expected 'fp32' or 'bf16'")
+        if self.sync_every < 1 or self.wmv_window < 2 or self.change_lag < 1:
+            raise ValueError("sync_every >= 1, wmv_window >= 2 and change_lag >= 1 are required")
 
     @property
     def use_cuda_graph(self) -> bool:
@@ -72,36 +103,57 @@ class EngineOptions:
         return wanted
 
 
+@dataclass(frozen=True)
+class FitSpec:
+    """One DIP fit.
+
+    Attributes:
+        task: observation and forward operator.
+        seed: initial weights (seed), input z (seed + 1), reg-noise draws (seed + 2).
+        probe: the pseudo-noise n this fit's P is measured against (None: no P).
+        noisy_target: the target is y + n (the probed fit) instead of y.
+    """
+
+    task: Task
+    seed: int = 0
+    probe: torch.Tensor | None = None
+    noisy_target: bool = False
+
+    def __post_init__(self) -> None:
+        if self.noisy_target and self.probe is None:
+            raise ValueError("a noisy target needs the pseudo-noise (probe=)")
+
+
 @dataclass
-class RunRecord:
-    """What one engine run produced (host-side, CPU tensors and numpy arrays)."""
+class Watch:
+    """A stop rule attached to fits.
 
-    chosen_iteration: int | None
-    osc_stop_iteration: int | None
-    iterations_run: int
-    raw_image: torch.Tensor
-    ema_image: torch.Tensor
-    last_image: torch.Tensor
-    p: np.ndarray
-    curvature: np.ndarray
-    loss: np.ndarray
-    psnr_raw: np.ndarray | None
-    psnr_ema: np.ndarray | None
-    seconds: float
-    half_window: int | None
-    patience: int | None
-    generator_snapshot: GeneratorSnapshot | None = None
-    risk: np.ndarray | None = None
-    risk_ema: np.ndarray | None = None
-    best_output: str | None = None
-    p_ema: np.ndarray | None = None
-    loss_ema: np.ndarray | None = None
-    risk_weight: float | None = None
+    Attributes:
+        rule: the rule.
+        fit: the fit whose image the rule returns (its loss, variances and change are fed).
+        probe: the fit that carries the pseudo-noise (its P is fed); None for rules without P.
+        base: the fit whose P is subtracted (twin probe: P_twin = P_B - P_A); None for inline.
+        label: a name for reports (default: the rule's name).
+    """
 
-    @property
-    def stop_reason(self) -> str:
-        """``"knee"`` when the online rule fired, ``"cap"`` otherwise."""
-        return "knee" if self.osc_stop_iteration is not None else "cap"
+    rule: StopRule
+    fit: int = 0
+    probe: int | None = None
+    base: int | None = None
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.rule.name
+
+
+@dataclass(frozen=True)
+class SyncInfo:
+    """What a host callback sees at each sync."""
+
+    iteration: int
+    decisions: tuple[Decision, ...]
+    latest: Mapping[str, np.ndarray]
+    images: Callable[[], dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -116,6 +168,39 @@ class GeneratorSnapshot:
     height: int
     width: int
     raw_image: torch.Tensor
+
+
+@dataclass
+class RunRecord:
+    """What one engine run produced (host-side CPU tensors and numpy arrays).
+
+    Attributes:
+        decisions: the final decision of each watch, in order.
+        driver: index of the watch that drove the run.
+        iterations_run: iterations the run made.
+        raw_image, ema_image: the driver's fit at its chosen iteration (its last iteration
+            when it chose nothing), (1, C, H, W).
+        last_images: the raw output of every fit at the last iteration, (K, 1, C, H, W).
+        traces: signal name -> (K, iterations_run) values per fit.
+        seconds: wall time of the loop.
+        rules: the watches' rules after the run (their scores and histories).
+    """
+
+    decisions: list[Decision]
+    driver: int
+    iterations_run: int
+    raw_image: torch.Tensor
+    ema_image: torch.Tensor
+    last_images: torch.Tensor
+    traces: dict[str, np.ndarray]
+    seconds: float
+    rules: list[StopRule]
+    generator_snapshot: GeneratorSnapshot | None = None
+
+    @property
+    def decision(self) -> Decision:
+        """The driving rule's decision."""
+        return self.decisions[self.driver]
 
 
 @dataclass(frozen=True)
@@ -146,178 +231,278 @@ def make_input(config: DIPConfig, height: int, width: int, *, seed: int) -> torc
     return torch.rand(shape, generator=generator).mul_(config.input_scale)
 
 
+def _on_device(task: Task, device: torch.device) -> Task:
+    """The task on ``device``; a copy when it must move (the caller's object is not changed)."""
+    if all(tensor.device == device for tensor in [*task.buffers(), *task.parameters()]):
+        return task
+    return copy.deepcopy(task).to(device)
+
+
+def _stack(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([value.reshape(()) for value in values])
+
+
 class _DeviceState:
-    """Everything the step touches, preallocated on the device."""
+    """Everything the step touches for K fits, preallocated on the device."""
 
     def __init__(
         self,
-        task: Task,
+        fits: Sequence[FitSpec],
         config: DIPConfig,
-        stop: StopConfig,
         *,
-        reference: torch.Tensor | None,
+        signals: Sequence[str],
+        metrics: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
         ring_size: int,
         options: EngineOptions,
     ) -> None:
         device = options.device
-        channels, height, width = task.output_shape
+        self.device = device
+        moved: dict[int, Task] = {}
+        self.tasks = [moved.setdefault(id(fit.task), _on_device(fit.task, device)) for fit in fits]
+        self.num_fits = k = len(fits)
+        channels, height, width = self.tasks[0].output_shape
         self.geometry = canvas_geometry(height, width, config.net.stride_multiple)
         self.height, self.width = height, width
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(options.seed)
-            net = build_net(config.net, channels)
-        channels_last = device.type == "cuda" if options.channels_last is None else options.channels_last
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.net = net.to(device=device, memory_format=memory_format).train()
-        self.z = make_input(config, self.geometry.height, self.geometry.width, seed=options.seed + 1)
-        self.z = self.z.to(device=device, memory_format=memory_format)
+        self.generators = StackedGenerators(
+            config.net, channels, [fit.seed for fit in fits], strategy=options.strategy, device=device
+        )
+        self.optimizer = StackedAdam(list(self.generators.parameters()), num_slots=k, lr=config.learning_rate)
+        self.z = torch.cat([make_input(config, self.geometry.height, self.geometry.width, seed=fit.seed + 1) for fit in fits])
+        self.z = self.z.unsqueeze(1).to(device)
         self.z_in = self.z.clone()
         self.eps = torch.zeros_like(self.z)
         self.reg_noise_std = config.reg_noise_std
-        self.generator = torch.Generator(device=device).manual_seed(options.seed + 2)
-        observation = task.observation
-        if stop.pseudo_noise_std > 0:
-            noise = task.pseudo_noise(stop.pseudo_noise_std, seed=options.seed + 1000).to(device)
-            self.noise: torch.Tensor | None = noise
-            self.inv_noise_energy = torch.tensor(1.0 / float(noise.double().pow(2).sum()), device=device)
-            self.target = observation + noise  # not clipped: method.md section 2
-        else:
-            self.noise = None
-            self.target = observation.clone()
+        self.rngs = [torch.Generator(device=device).manual_seed(fit.seed + 2) for fit in fits]
+        self.targets, self.noises, self.inv_energies = [], [], []
+        for fit, task in zip(fits, self.tasks):
+            noise = fit.probe.to(device) if fit.probe is not None else None
+            self.noises.append(noise)
+            energy = float(noise.double().pow(2).sum()) if noise is not None else 0.0
+            # a zero probe has no direction to project on: its P is 0 by convention
+            self.inv_energies.append(1.0 / energy if energy > 0 else 0.0)
+            self.targets.append(task.observation + noise if fit.noisy_target else task.observation.clone())
+        self.signal_names = list(signals)
+        self.metric_names = [f"{name}{suffix}" for name in metrics for suffix in ("", "_ema")]
+        self.metrics = dict(metrics)
+        self.trace_names = self.signal_names + self.metric_names
         cap = config.max_iterations
-        self.t = torch.zeros((), dtype=torch.long, device=device)
-        # one buffer for everything the host reads each sync: P, loss, P and loss of the EMA
-        self.trace = torch.zeros((4, cap), device=device)
-        self.p, self.loss, self.p_ema, self.loss_ema = self.trace.unbind(0)
-        self.reference = reference.to(device) if reference is not None else None
-        self.psnr_raw = torch.zeros(cap, device=device) if reference is not None else None
-        self.psnr_ema = torch.zeros(cap, device=device) if reference is not None else None
-        self.ring_size = ring_size
-        self.ring_raw = torch.zeros((ring_size, channels, height, width), device=device)
-        self.ring_ema = torch.zeros_like(self.ring_raw)
-        self.best_raw = torch.zeros((1, channels, height, width), device=device)
-        self.best_ema = torch.zeros_like(self.best_raw)
-        self.ema = torch.zeros_like(self.best_raw)
+        self.t = torch.zeros(k, dtype=torch.long, device=device)
+        self.trace = torch.full((k, len(self.trace_names), cap), math.nan, device=device)
+        image = (k, 1, channels, height, width)
+        self.ema = torch.zeros(image, device=device)
         self.ema_decay = config.ema_decay
-        fused = device.type == "cuda"
-        self.optimizer = torch.optim.Adam(
-            self.net.parameters(),
-            lr=config.learning_rate,
-            fused=fused or None,
-            foreach=None if fused else True,
-            capturable=options.use_cuda_graph,
-        )
+        self.ring_size = ring_size
+        self.ring_raw = torch.zeros((ring_size, *image), device=device)
+        self.ring_ema = torch.zeros_like(self.ring_raw)
+        self.fit_index = torch.arange(k, device=device)
+        # eager runs index the rings with host integers (plain slicing: tensor indexing costs
+        # milliseconds per image on a CPU); a captured graph must use the device counter
+        self.host_t: list[int] | None = None if options.use_cuda_graph else [0] * k
+        if "wmv" in signals:
+            self.wmv_window = options.wmv_window
+            self.wmv_ring = torch.zeros((options.wmv_window, *image), device=device)
+            self.wmv_sum = torch.zeros(image, dtype=torch.float64, device=device)
+            self.wmv_sumsq = torch.zeros_like(self.wmv_sum)
+        if "emv" in signals:
+            self.emv_alpha = options.emv_alpha
+            self.emv_mean = torch.zeros(image, device=device)
+            self.emv = torch.zeros(k, device=device)
+        if "change" in signals:
+            self.change_lag = options.change_lag
+            self.change_ring = torch.zeros((options.change_lag, *image), device=device)
         self.autocast = (
             (lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False))
             if options.precision == "bf16"
             else contextlib.nullcontext
         )
 
-    def step(self, task: Task, *, zero_grad: bool = True) -> None:
-        """One DIP iteration with all bookkeeping on the device (no host sync)."""
-        if zero_grad:
-            self.optimizer.zero_grad(set_to_none=True)
+    # -- the step -------------------------------------------------------------------------
+    def step(self) -> None:
+        """One DIP iteration of every fit with all bookkeeping on the device (no host sync)."""
+        self.optimizer.zero_grad()
         if self.reg_noise_std > 0:
-            self.eps.normal_(generator=self.generator)
+            for k, rng in enumerate(self.rngs):
+                self.eps[k].normal_(generator=rng)
             torch.add(self.z, self.eps, alpha=self.reg_noise_std, out=self.z_in)
-        geometry = self.geometry
+        else:
+            self.z_in.copy_(self.z)
+        g = self.geometry
         with self.autocast():
-            out = self.net(self.z_in)
-        x = out[:, :, geometry.top : geometry.top + self.height, geometry.left : geometry.left + self.width].float()
-        measured = task(x)
-        loss = task.loss(measured, self.target)
-        loss.backward()
+            out = self.generators(self.z_in)
+        x = out[..., g.top : g.top + self.height, g.left : g.left + self.width].float()
+        measured = [task(x[k]) for k, task in enumerate(self.tasks)]
+        losses = [task.loss(m, target) for task, m, target in zip(self.tasks, measured, self.targets)]
+        torch.stack(losses).sum().backward()
         self.optimizer.step()
         with torch.no_grad():
-            x = x.detach()
-            index = self.t.view(1)
-            # the first output initialises the average (reference-configs.md section 3)
-            weight = (self.t > 0).to(torch.float32) * self.ema_decay
-            self.ema.lerp_(x, 1.0 - weight)
-            if self.noise is not None:
-                self.p.index_copy_(0, index, projection(measured.detach(), self.noise, self.inv_noise_energy).view(1))
-                # the averaged output gets its own P and loss: the risk rule scores both images
-                measured_ema = task(self.ema)
-                self.p_ema.index_copy_(0, index, projection(measured_ema, self.noise, self.inv_noise_energy).view(1))
-                self.loss_ema.index_copy_(0, index, task.loss(measured_ema, self.target).view(1))
-            self.loss.index_copy_(0, index, loss.detach().view(1))
-            if self.reference is not None:
-                self.psnr_raw.index_copy_(0, index, psnr_torch(self.reference, x).view(1))
-                self.psnr_ema.index_copy_(0, index, psnr_torch(self.reference, self.ema).view(1))
-            slot = torch.remainder(self.t, self.ring_size).view(1)
-            self.ring_raw.index_copy_(0, slot, x)
-            self.ring_ema.index_copy_(0, slot, self.ema)
-            self.t.add_(1)
+            self._record(x.detach(), [m.detach() for m in measured], losses)
 
-    def snapshot_best(self, iteration: int) -> None:
-        """Copy the ring slot of ``iteration`` into the best-image buffers (device copy)."""
+    def _record(self, x: torch.Tensor, measured: list[torch.Tensor], losses: list[torch.Tensor]) -> None:
+        k = self.num_fits
+        # the first output initialises the average (reference-configs.md section 3)
+        weight = ((self.t > 0).to(torch.float32) * self.ema_decay).view(k, 1, 1, 1, 1)
+        self.ema.lerp_(x, 1.0 - weight)
+        values: dict[str, torch.Tensor] = {"loss": _stack([loss.detach() for loss in losses])}
+        needs_ema = any(name in self.signal_names for name in ("loss_ema", "p_ema"))
+        measured_ema = [task(self.ema[i]) for i, task in enumerate(self.tasks)] if needs_ema else []
+        if "loss_ema" in self.signal_names:
+            values["loss_ema"] = _stack([task.loss(m, t) for task, m, t in zip(self.tasks, measured_ema, self.targets)])
+        for name, outputs in (("p", measured), ("p_ema", measured_ema)):
+            if name in self.signal_names:
+                values[name] = _stack([
+                    projection(m, n, inv) if n is not None else torch.zeros((), device=self.device)
+                    for m, n, inv in zip(outputs, self.noises, self.inv_energies)
+                ])
+        if "wmv" in self.signal_names:
+            values["wmv"] = self._windowed_variance(x)
+        if "emv" in self.signal_names:
+            values["emv"] = self._exponential_variance(x)
+        if "change" in self.signal_names:
+            values["change"] = self._change()
+        for name, metric in self.metrics.items():
+            values[name] = _stack([metric(task.finalize(x[i])) for i, task in enumerate(self.tasks)])
+            values[f"{name}_ema"] = _stack([metric(task.finalize(self.ema[i])) for i, task in enumerate(self.tasks)])
+        row = torch.stack([values[name].float() for name in self.trace_names], dim=1)  # (K, S)
+        index = self.t.view(k, 1, 1).expand(k, len(self.trace_names), 1)
+        self.trace.scatter_(2, index, row.unsqueeze(-1))
+        self._put(self.ring_raw, self.ring_size, x)
+        self._put(self.ring_ema, self.ring_size, self.ema)
+        self.t.add_(1)
+        if self.host_t is not None:
+            self.host_t = [t + 1 for t in self.host_t]
+
+    def _get(self, ring: torch.Tensor, size: int) -> torch.Tensor:
+        """Each fit's entry at position t mod size of a ring (size, K, ...)."""
+        if self.host_t is not None:
+            return torch.stack([ring[t % size, k] for k, t in enumerate(self.host_t)])
+        return ring[torch.remainder(self.t, size), self.fit_index]
+
+    def _put(self, ring: torch.Tensor, size: int, values: torch.Tensor) -> None:
+        """Write each fit's value at position t mod size of a ring."""
+        if self.host_t is not None:
+            for k, t in enumerate(self.host_t):
+                ring[t % size, k].copy_(values[k])
+        else:
+            ring.index_put_((torch.remainder(self.t, size), self.fit_index), values)
+
+    def _windowed_variance(self, x: torch.Tensor) -> torch.Tensor:
+        """ES-WMV's VAR_t = mean over elements of the variance across the last W outputs
+        (reference-configs.md section 7), kept incrementally: sums in float64 of a ring of
+        the last W outputs; NaN until W outputs exist."""
+        leaving = self._get(self.wmv_ring, self.wmv_window).double()
+        entering = x.double()
+        self.wmv_sum.add_(entering - leaving)
+        self.wmv_sumsq.add_(entering * entering - leaving * leaving)
+        self._put(self.wmv_ring, self.wmv_window, x)
+        mean = self.wmv_sum / self.wmv_window
+        variance = (self.wmv_sumsq / self.wmv_window - mean * mean).flatten(1).mean(dim=1)
+        return torch.where(self.t >= self.wmv_window - 1, variance, torch.full_like(variance, math.nan))
+
+    def _exponential_variance(self, x: torch.Tensor) -> torch.Tensor:
+        """ES-EMV (reference-configs.md section 7): at t = 0 the mean is x_0 and the variance
+        0; then delta = x_t - mean, mean <- clip(mean + alpha delta, 0, 1),
+        emv <- (1 - alpha)(emv + alpha |delta|^2)."""
+        k = self.num_fits
+        first = (self.t == 0).view(k, 1, 1, 1, 1)
+        delta = x - self.emv_mean
+        alpha = self.emv_alpha
+        updated = (self.emv_mean + alpha * delta).clamp_(0, 1)
+        self.emv_mean.copy_(torch.where(first, x, updated))
+        norm = delta.double().pow(2).flatten(1).sum(dim=1).float()
+        self.emv.copy_(torch.where(first.view(k), torch.zeros_like(self.emv), (1 - alpha) * (self.emv + alpha * norm)))
+        return self.emv.clone()
+
+    def _change(self) -> torch.Tensor:
+        """Mean squared change of the averaged output over the last ``change_lag``
+        iterations (NaN until that many exist); the ring holds the past averages."""
+        old = self._get(self.change_ring, self.change_lag)
+        change = (self.ema - old).pow(2).flatten(1).mean(dim=1)
+        self._put(self.change_ring, self.change_lag, self.ema)
+        return torch.where(self.t >= self.change_lag, change, torch.full_like(change, math.nan))
+
+    # -- host-side helpers -------------------------------------------------------------------
+    def images_at(self, fit: int, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw and averaged output of ``fit`` at ``iteration`` (still in the ring)."""
         slot = iteration % self.ring_size
-        self.best_raw.copy_(self.ring_raw[slot : slot + 1])
-        self.best_ema.copy_(self.ring_ema[slot : slot + 1])
+        return self.ring_raw[slot, fit].clone(), self.ring_ema[slot, fit].clone()
 
     def mutable_tensors(self) -> Iterator[torch.Tensor]:
         """Tensors a warm-up changes, to be put back before the real run."""
-        yield from self.net.parameters()
-        yield from self.net.buffers()
-        for state in self.optimizer.state.values():
-            yield from (value for value in state.values() if isinstance(value, torch.Tensor))
-        yield from (self.ema, self.t, self.trace)
+        yield from self.generators.parameters()
+        yield from self.optimizer.state_tensors()
+        yield from (self.ema, self.t, self.trace, self.ring_raw, self.ring_ema)
+        for name in ("wmv_ring", "wmv_sum", "wmv_sumsq", "emv_mean", "emv", "change_ring"):
+            if hasattr(self, name):
+                yield getattr(self, name)
 
 
-def _capture_cuda_graph(state: _DeviceState, task: Task, warmup: int = 3) -> torch.cuda.CUDAGraph:
+def _capture_cuda_graph(state: _DeviceState, warmup: int = 3) -> torch.cuda.CUDAGraph:
     """Capture one step in a CUDA graph; the warm-up steps it needs are undone afterwards."""
-    saved_params = [tensor.detach().clone() for tensor in list(state.net.parameters()) + list(state.net.buffers())]
+    saved = [tensor.detach().clone() for tensor in state.mutable_tensors()]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(warmup):
-            state.step(task)
+            state.step()
     torch.cuda.current_stream().wait_stream(side)
-    state.optimizer.zero_grad(set_to_none=True)
     graph = torch.cuda.CUDAGraph()
-    if hasattr(graph, "register_generator_state"):
-        graph.register_generator_state(state.generator)
+    for rng in state.rngs:
+        graph.register_generator_state(rng)
     with torch.cuda.graph(graph):
-        state.step(task, zero_grad=False)
+        state.step()
     with torch.no_grad():
-        for tensor, saved in zip(list(state.net.parameters()) + list(state.net.buffers()), saved_params):
-            tensor.copy_(saved)
-        # a fresh Adam starts from zero moments and step 0
-        for optimizer_state in state.optimizer.state.values():
-            for value in optimizer_state.values():
-                if isinstance(value, torch.Tensor):
-                    value.zero_()
-        for tensor in (state.ema, state.t, state.trace):
-            tensor.zero_()
-    state.generator.manual_seed(state.generator.initial_seed())
+        for tensor, value in zip(state.mutable_tensors(), saved):
+            tensor.copy_(value)
+    for rng in state.rngs:
+        rng.manual_seed(rng.initial_seed())
     return graph
 
 
-def run_dip(
-    task: Task,
+def _signals_for(watch: Watch, chunk: dict[str, np.ndarray]) -> Signals:
+    """The rule's view of a chunk of per-fit traces (method.md section 8: P_twin)."""
+    values: dict[str, np.ndarray] = {}
+    for name in watch.rule.needs:
+        if name in ("p", "p_ema"):
+            if watch.probe is None:
+                raise ValueError(f"rule {watch.rule.name!r} needs the pseudo-noise probe")
+            series = chunk[name][watch.probe]
+            if watch.base is not None:
+                series = series - chunk[name][watch.base]
+            values[name] = series
+        else:
+            values[name] = chunk[name][watch.fit]
+    return values
+
+
+def run_fits(
+    fits: Sequence[FitSpec],
     config: DIPConfig,
-    stop: StopConfig,
+    watches: Sequence[Watch],
     *,
+    driver: int = 0,
     stop_mode: StopMode = "osc",
-    reference: torch.Tensor | None = None,
+    metrics: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    extra_signals: Sequence[str] = (),
     options: EngineOptions | None = None,
-    on_sync: Callable[[int, OSCStopper | None], None] | None = None,
+    on_sync: Callable[[SyncInfo], None] | None = None,
     snapshot_iteration: int | None = None,
 ) -> RunRecord:
-    """Run DIP on ``task`` until the OSC rule stops it (or the cap).
+    """Run K DIP fits in one batched step until the driving rule stops (or the cap).
 
     Args:
-        task: the inverse problem (observation + forward operator).
+        fits: the fits (one task shape and one network for all).
         config: the DIP configuration (network, input, Adam, iteration cap).
-        stop: OSC options; ``pseudo_noise_std=0`` runs plain DIP to the cap.
-        stop_mode: ``"osc"`` stops when the online rule fires; ``"never"`` runs to the cap
-            but still returns the image the rule chose.
-        reference: clean image (1, C, H, W) for per-iteration PSNR of raw and EMA outputs.
-        options: device, precision and the like.
+        watches: stop rules attached to fits; ``watches[driver]`` drives the run.
+        driver: index of the driving watch.
+        stop_mode: ``"osc"`` stops when the driving rule fires; ``"never"`` runs to the cap
+            (the rules' decisions are the same, they are causal).
+        metrics: name -> function of a finalised (1, C, H, W) image giving a 0-d tensor
+            (e.g. PSNR against a reference), recorded per fit for the raw and averaged output.
+        extra_signals: signals to record although no rule reads them.
+        options: device, precision, sync interval.
         on_sync: called on the host after each read of the device buffers.
-        snapshot_iteration: keep the generator's weights and perturbed input of this
-            iteration (those that produced its raw output) in ``RunRecord.generator_snapshot``;
-            runs eagerly and ends right after that iteration (used to export a result).
+        snapshot_iteration: keep the driving fit's generator and perturbed input of this
+            iteration in ``RunRecord.generator_snapshot``; runs eagerly and ends after it.
 
     Returns:
         A :class:`RunRecord`.
@@ -325,24 +510,39 @@ def run_dip(
     options = options or EngineOptions()
     if stop_mode not in ("osc", "never"):
         raise ValueError(f"unknown stop mode {stop_mode!r}; expected 'osc' or 'never'")
+    if not fits:
+        raise ValueError("need at least one fit")
+    if not 0 <= driver < len(watches):
+        raise ValueError(f"driver {driver} is not a watch index (have {len(watches)})")
+    shapes = {fit.task.output_shape for fit in fits}
+    if len(shapes) > 1:
+        raise ValueError(f"all fits must have one output shape, got {sorted(shapes)}")
+    for watch in watches:
+        for index in (watch.fit, watch.probe, watch.base):
+            if index is not None and not 0 <= index < len(fits):
+                raise ValueError(f"watch {watch.label!r} names fit {index}, there are {len(fits)}")
+        if watch.rule.max_iterations < config.max_iterations:
+            raise ValueError(f"rule {watch.label!r} holds {watch.rule.max_iterations} iterations, the cap is {config.max_iterations}")
     cap = config.max_iterations
-    use_osc = stop.pseudo_noise_std > 0
-    sync_every = stop.sync_every
-    settings = stop.resolve(cap)
-    # the ring must still hold the chosen iterate when the rule, lagging the data, names it
-    lag = settings.risk_smoothing // 2 if settings.rule == "risk" else settings.half_window
-    ring_size = lag + sync_every + 1 if use_osc else 1
+    signals = [name for name in ENGINE_SIGNALS if name == "loss" or any(name in w.rule.needs for w in watches) or name in extra_signals]
+    unknown = set(extra_signals) - set(ENGINE_SIGNALS)
+    if unknown:
+        raise ValueError(f"unknown signals {sorted(unknown)}; the engine computes {ENGINE_SIGNALS}")
+    metrics = dict(metrics or {})
+    sync_every = options.sync_every
+    leader = watches[driver]
+    ring_size = leader.rule.lag + sync_every + 1
     device = options.device
-    task = task.to(device)
     if options.check_memory:
-        check_memory(estimate_run_bytes(task.output_shape, config, ring_size=ring_size), device)
-    state = _DeviceState(task, config, stop, reference=reference, ring_size=ring_size, options=options)
-    weight = None
-    if use_osc:
-        noise_level = stop.noise_level if stop.noise_level is not None else task.noise_level()
-        weight = risk_weight(noise_level, state.noise, stop.pseudo_noise_std)
-    stopper = make_stopper(stop, max_iterations=cap, risk_weight_value=weight) if use_osc else None
-    half_window = settings.half_window if use_osc and settings.rule != "risk" else None
+        check_memory(
+            estimate_run_bytes(fits[0].task.output_shape, config, ring_size=ring_size, num_fits=len(fits),
+                               window=options.wmv_window if "wmv" in signals else 0,
+                               change_lag=options.change_lag if "change" in signals else 0),
+            device,
+        )
+    state = _DeviceState(fits, config, signals=signals, metrics=metrics, ring_size=ring_size, options=options)
+    rules = [watch.rule for watch in watches]
+    best_raw, best_ema = state.images_at(leader.fit, 0)
 
     flags = (
         torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False, allow_tf32=True)
@@ -352,9 +552,9 @@ def run_dip(
     start = time.perf_counter()
     with flags:
         if snapshot_iteration is not None:
-            return _run_to_snapshot(state, task, snapshot_iteration)
-        graph = _capture_cuda_graph(state, task) if options.use_cuda_graph else None
-        run_step = graph.replay if graph is not None else (lambda: state.step(task))
+            return _run_to_snapshot(state, leader.fit, snapshot_iteration, rules, driver)
+        graph = _capture_cuda_graph(state) if options.use_cuda_graph else None
+        run_step = graph.replay if graph is not None else state.step
         done = 0
         bar = tqdm(total=cap, disable=not options.progress, unit="it", leave=False)
         try:
@@ -363,23 +563,29 @@ def run_dip(
                 for _ in range(count):
                     run_step()
                 first, done = done, done + count
-                # one transfer per sync: everything the rule and the progress bar read
-                p, loss, p_ema, loss_ema = state.trace[:, first:done].cpu().double().numpy()
-                if stopper is not None:
-                    frozen = stopper.should_stop
-                    decision = stopper.update_p(p, loss, p_ema=p_ema, loss_ema=loss_ema)
-                    if decision.new_best and not frozen:
-                        state.snapshot_best(decision.best_iteration)
+                # one transfer per sync: everything the rules and the progress bar read
+                block = state.trace[:, :, first:done].cpu().double().numpy()
+                chunk = {name: block[:, i] for i, name in enumerate(state.trace_names)}
+                for index, watch in enumerate(watches):
+                    frozen = watch.rule.decision.should_stop
+                    decision = watch.rule.update(Signals(first, _signals_for(watch, chunk)))
+                    if index == driver and decision.new_best and not frozen:
+                        best_raw, best_ema = state.images_at(watch.fit, decision.iteration)
+                lead = rules[driver].decision
                 if options.progress:
                     bar.update(count)
-                    postfix = {"loss": f"{loss[-1]:.2e}"}
-                    if stopper is not None:
-                        postfix["P"] = f"{p[-1]:.3f}"
-                        postfix["stop@"] = stopper.best_iteration
+                    postfix = {"loss": f"{chunk['loss'][leader.fit, -1]:.2e}", "rule": leader.label}
+                    if lead.iteration is not None:
+                        postfix["choice"] = lead.iteration
                     bar.set_postfix(postfix, refresh=False)
                 if on_sync is not None:
-                    on_sync(done, stopper)
-                if stop_mode == "osc" and stopper is not None and stopper.should_stop:
+                    on_sync(SyncInfo(
+                        iteration=done,
+                        decisions=tuple(rule.decision for rule in rules),
+                        latest={name: values[:, -1] for name, values in chunk.items()},
+                        images=lambda: {"raw": state.ring_raw[(done - 1) % ring_size].clone(), "ema": state.ema.clone()},
+                    ))
+                if stop_mode == "osc" and lead.should_stop:
                     break
         finally:
             bar.close()
@@ -387,69 +593,44 @@ def run_dip(
             torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
 
-    chosen = stopper.best_iteration if stopper is not None else None
-    trace = state.trace[:, :done].cpu().double().numpy()
     last_slot = (done - 1) % ring_size
-    last_image = state.ring_raw[last_slot : last_slot + 1]
-    if chosen is None:
-        # no knee: the last iterate is the answer (method.md section 7, 'no knee' case)
-        raw_image, ema_image = last_image, state.ema
-        logger.info("no knee found in %d iterations: returning the last iterate", done)
-    else:
-        raw_image, ema_image = state.best_raw, state.best_ema
+    if rules[driver].decision.iteration is None:
+        logger.info("rule %r chose nothing in %d iterations: returning the last iterate", leader.label, done)
+        best_raw, best_ema = state.images_at(leader.fit, done - 1)
+    traces = state.trace[:, :, :done].cpu().double().numpy()
     return RunRecord(
-        chosen_iteration=chosen,
-        osc_stop_iteration=stopper.stop_iteration if stopper is not None else None,
+        decisions=[rule.decision for rule in rules],
+        driver=driver,
         iterations_run=done,
-        raw_image=raw_image.detach().cpu().clone(),
-        ema_image=ema_image.detach().cpu().clone(),
-        last_image=last_image.detach().cpu().clone(),
-        p=trace[0] if use_osc else np.zeros(0),
-        curvature=stopper.curvature if stopper is not None else np.zeros(0),
-        loss=trace[1],
-        psnr_raw=state.psnr_raw[:done].cpu().numpy().astype(np.float64) if state.psnr_raw is not None else None,
-        psnr_ema=state.psnr_ema[:done].cpu().numpy().astype(np.float64) if state.psnr_ema is not None else None,
+        raw_image=best_raw.detach().cpu(),
+        ema_image=best_ema.detach().cpu(),
+        last_images=state.ring_raw[last_slot].detach().cpu().clone(),
+        traces={name: traces[:, i] for i, name in enumerate(state.trace_names)},
         seconds=seconds,
-        half_window=half_window,
-        patience=stopper.settings.patience if stopper is not None else None,
-        risk=stopper.risk if isinstance(stopper, RiskStopper) else None,
-        risk_ema=stopper.risk_ema if isinstance(stopper, RiskStopper) else None,
-        best_output=stopper.best_output if isinstance(stopper, RiskStopper) and chosen is not None else None,
-        p_ema=trace[2] if use_osc else np.zeros(0),
-        loss_ema=trace[3] if use_osc else np.zeros(0),
-        risk_weight=weight,
+        rules=rules,
     )
 
 
-def _run_to_snapshot(state: _DeviceState, task: Task, iteration: int) -> RunRecord:
+def _run_to_snapshot(state: _DeviceState, fit: int, iteration: int, rules: list[StopRule], driver: int) -> RunRecord:
     """Run eagerly up to ``iteration`` and keep the generator that produced its output."""
-    import copy
-
     if iteration < 0:
         raise ValueError(f"snapshot_iteration must be >= 0, got {iteration}")
     start = time.perf_counter()
     for _ in range(iteration):
-        state.step(task)
-    net_before = copy.deepcopy(state.net).cpu()
-    state.step(task)
-    geometry = state.geometry
-    slot = iteration % state.ring_size
-    raw = state.ring_raw[slot : slot + 1].detach().cpu().clone()
+        state.step()
+    net_before = state.generators.module(fit)
+    state.step()
+    raw, ema = state.images_at(fit, iteration)
+    g = state.geometry
     snapshot = GeneratorSnapshot(
-        iteration=iteration,
-        net=net_before,
-        net_input=state.z_in.detach().cpu().clone().contiguous(),
-        top=geometry.top,
-        left=geometry.left,
-        height=state.height,
-        width=state.width,
-        raw_image=raw,
+        iteration=iteration, net=net_before, net_input=state.z_in[fit].detach().cpu().clone().contiguous(),
+        top=g.top, left=g.left, height=state.height, width=state.width, raw_image=raw.cpu(),
     )
     done = iteration + 1
+    traces = state.trace[:, :, :done].cpu().double().numpy()
     return RunRecord(
-        chosen_iteration=iteration, osc_stop_iteration=None, iterations_run=done,
-        raw_image=raw, ema_image=state.ema.detach().cpu().clone(), last_image=raw,
-        p=state.p[:done].cpu().numpy().astype(np.float64), curvature=np.zeros(0),
-        loss=state.loss[:done].cpu().numpy().astype(np.float64), psnr_raw=None, psnr_ema=None,
-        seconds=time.perf_counter() - start, half_window=None, patience=None, generator_snapshot=snapshot,
+        decisions=[Decision(iteration=iteration)], driver=0, iterations_run=done, raw_image=raw.cpu(),
+        ema_image=ema.cpu(), last_images=state.ring_raw[iteration % state.ring_size].cpu().clone(),
+        traces={name: traces[:, i] for i, name in enumerate(state.trace_names)},
+        seconds=time.perf_counter() - start, rules=rules, generator_snapshot=snapshot,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ImageSource",
     "check_min_size",
+    "check_save_path",
     "image_to_tensor",
     "load_image",
     "save_image",
@@ -50,6 +52,7 @@ _ACCEPTED_TORCH_DTYPES = "uint8, bool, float16, bfloat16, float32, float64"
 # still undone by Pillow because both raw modes have the same bits per pixel.
 _PNG16_LOW_BYTE_RAWMODE = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
 
+_PIL_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}
 _SAVE_SUFFIXES = {
     ".png": (8, 16),
     ".jpg": (8,),
@@ -59,6 +62,16 @@ _SAVE_SUFFIXES = {
     ".bmp": (8,),
 }
 _JPEG_QUALITY = 95
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: the process's file-creation mask, read once at import
+_UMASK = _read_umask()
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,6 +221,55 @@ def save_image(path: str | os.PathLike[str], image: np.ndarray, *, bit_depth: in
         >>> save_image(out, np.zeros((8, 8, 1), np.float32), bit_depth=16).name
         'gray.png'
     """
+    path = check_save_path(path, bit_depth=bit_depth)
+    suffix = path.suffix.lower()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image to save must be a numpy array, got {type(image).__qualname__}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
+        raise ValueError(
+            f"expected an image of shape HxW, HxWx1 or HxWx3 to save, got shape {image.shape}"
+        )
+
+    data = _quantize(_to_float_image(_as_hwc(image), "image to save", drop_alpha=False), bit_depth)
+    if data.shape[2] == 1:
+        data = data[:, :, 0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # write a temporary file beside the target, then rename: a reader never sees half a file
+    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        if bit_depth == 16 and data.ndim == 3:
+            # Pillow cannot write 16-bit colour images.
+            if suffix == ".png":
+                _write_png16_rgb(temporary, data)
+            else:
+                import tifffile
+
+                tifffile.imwrite(temporary, data, photometric="rgb")
+        else:
+            options: dict[str, Any] = {}
+            if suffix in (".jpg", ".jpeg"):
+                options = {"quality": _JPEG_QUALITY, "subsampling": 0}
+            Image.fromarray(data).save(temporary, format=_PIL_FORMATS[suffix], **options)
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def check_save_path(path: str | os.PathLike[str], *, bit_depth: int = 8) -> Path:
+    """Check, before any work, that an image can be saved at ``path``: a known suffix that
+    stores ``bit_depth`` bits, and a folder that exists or can be created and is writable.
+
+    Returns:
+        The path (``~`` expanded).
+
+    Raises:
+        ValueError: an unknown suffix, a bit depth the format cannot store, a path that is a
+            folder, or a folder that cannot be written.
+    """
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
     if suffix not in _SAVE_SUFFIXES:
@@ -220,31 +282,13 @@ def save_image(path: str | os.PathLike[str], image: np.ndarray, *, bit_depth: in
             f"cannot save '{path}' with bit_depth={bit_depth}: {suffix} stores 8 bits per sample; "
             "use .png or .tif for 16-bit output"
         )
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"image to save must be a numpy array, got {type(image).__qualname__}")
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
-        raise ValueError(
-            f"expected an image of shape HxW, HxWx1 or HxWx3 to save, got shape {image.shape}"
-        )
-
-    data = _quantize(_to_float_image(_as_hwc(image), "image to save", drop_alpha=False), bit_depth)
-    if data.shape[2] == 1:
-        data = data[:, :, 0]
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    if bit_depth == 16 and data.ndim == 3:
-        # Pillow cannot write 16-bit colour images.
-        if suffix == ".png":
-            _write_png16_rgb(path, data)
-        else:
-            import tifffile
-
-            tifffile.imwrite(path, data, photometric="rgb")
-    else:
-        options: dict[str, Any] = {}
-        if suffix in (".jpg", ".jpeg"):
-            options = {"quality": _JPEG_QUALITY, "subsampling": 0}
-        Image.fromarray(data).save(path, **options)
+    if path.is_dir():
+        raise ValueError(f"cannot save '{path}': it is a folder")
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot save '{path}': the folder '{folder}' is not writable")
     return path
 
 

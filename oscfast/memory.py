@@ -41,24 +41,32 @@ def _activation_elements(config: DIPConfig, output_channels: int, height: int, w
 
 
 def estimate_run_bytes(
-    output_shape: tuple[int, int, int], config: DIPConfig, *, ring_size: int
+    output_shape: tuple[int, int, int],
+    config: DIPConfig,
+    *,
+    ring_size: int,
+    num_fits: int = 1,
+    window: int = 0,
+    change_lag: int = 0,
 ) -> int:
-    """Bytes a run needs: activations (forward + backward), parameters with their gradient and
-    two Adam moments, the ring buffers of recent raw and averaged outputs, and the input."""
+    """Bytes a run of ``num_fits`` fits needs: per fit the activations (forward + backward),
+    parameters with their gradient and two Adam moments, the ring buffers of recent raw and
+    averaged outputs, the ES-WMV window (``window`` outputs plus float64 sums), the plateau
+    ring (``change_lag`` outputs) and the input."""
     channels, height, width = output_shape
     multiple = config.net.stride_multiple
     canvas_h = math.ceil(height / multiple) * multiple
     canvas_w = math.ceil(width / multiple) * multiple
     activations, parameters = _activation_elements(config, channels, canvas_h, canvas_w)
     image = channels * height * width
-    total = (
+    per_fit = (
         _ACTIVATION_FACTOR * activations
         + 4 * parameters
-        + (2 * ring_size + 8) * image
+        + (2 * ring_size + 8 + window + (4 if window else 0) + change_lag) * image
         + 3 * config.net.input_channels * canvas_h * canvas_w
-        + 4 * config.max_iterations
+        + 12 * config.max_iterations
     )
-    return int(total * _FLOAT)
+    return int(num_fits * per_fit * _FLOAT)
 
 
 def available_bytes(device: torch.device) -> int:

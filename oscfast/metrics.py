@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-__all__ = ["psnr", "psnr_torch"]
+__all__ = ["luma", "psnr", "psnr_torch", "psnr_y_torch"]
 
 
 def psnr(reference: np.ndarray, image: np.ndarray, *, data_range: float = 1.0) -> float:
@@ -91,3 +91,34 @@ def psnr_torch(reference: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     mse = torch.mean(diff * diff)
     # log10(0) = -inf, so equal inputs give +inf without a data-dependent branch.
     return -10.0 * torch.log10(mse)
+
+
+def luma(image: torch.Tensor) -> torch.Tensor:
+    """ITU-R BT.601 luma as MATLAB's rgb2ycbcr gives it, for RGB in [0, 1]:
+    Y = (16 + 219 (0.299 R + 0.587 G + 0.114 B)) / 255 (reference-configs.md section 4).
+
+    Shape:
+        image: (..., 3, H, W) -> (..., 1, H, W); a 1-channel image is returned unchanged.
+    """
+    if image.shape[-3] == 1:
+        return image
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype, device=image.device).view(3, 1, 1)
+    return (16.0 + 219.0 * (image * weights).sum(dim=-3, keepdim=True)) / 255.0
+
+
+def psnr_y_torch(reference: torch.Tensor, image: torch.Tensor, *, shave: tuple[int, int] = (4, 5)) -> torch.Tensor:
+    """PSNR on the luma channel with the border shave of the DIP paper's super-resolution
+    evaluation script: ``shave[0]`` pixels off the top and left, ``shave[1]`` off the bottom
+    and right (reference-configs.md section 4). 0-d tensor on the inputs' device.
+
+    Raises:
+        ValueError: the shapes differ or the shave leaves nothing.
+    """
+    if reference.shape != image.shape:
+        raise ValueError(f"reference has shape {tuple(reference.shape)}, image has shape {tuple(image.shape)}; they must match")
+    first, last = shave
+    height, width = image.shape[-2:]
+    if height - first - last < 1 or width - first - last < 1:
+        raise ValueError(f"a shave of {shave} leaves nothing of a {height}x{width} image")
+    crop = (..., slice(first, height - last), slice(first, width - last))
+    return psnr_torch(luma(reference)[crop], luma(image)[crop])

@@ -6,38 +6,55 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pragma: no cover
     from oscfast.api import Restoration
 
-__all__ = ["plot_history"]
+__all__ = ["plot_history", "history_panels"]
+
+
+def history_panels(result: Restoration) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """The panels :func:`plot_history` draws: the rule's own scores first, then P, the PSNRs
+    (with a reference) and the loss; each a title and labelled curves."""
+    history = result.history
+    panels: list[tuple[str, dict[str, np.ndarray]]] = []
+    scores = {label: values for label, values in history.scores.items() if values.size and np.isfinite(values).any()}
+    if scores:
+        panels.append((f"the score of rule '{result.rule}'", scores))
+    if history.p is not None:
+        name = "P_twin = P_B - P_A" if result.probe == "twin" else "P_t"
+        curves = {name: history.p}
+        if history.p_ema is not None:
+            curves[f"{name} (averaged output)"] = history.p_ema
+        panels.append(("pseudo-noise absorbed", curves))
+    if history.psnr_raw is not None:
+        panels.append(("PSNR (dB)", {"raw output": history.psnr_raw, "averaged output": history.psnr_ema}))
+    loss = {"loss": history.loss}
+    if history.loss_ema is not None:
+        loss["loss (averaged output)"] = history.loss_ema
+    panels.append(("loss", loss))
+    return panels
 
 
 def plot_history(result: Restoration, path: str | Path) -> Path:
-    """Write a PNG with P_t, its curvature and, when recorded, the PSNR curves.
+    """Write a PNG with the rule's score, P, the PSNRs (when recorded) and the loss.
 
-    The returned iteration is marked with a vertical line, the stop of the online rule with
-    a dotted one.
+    The returned iteration is marked with a solid line, the iteration at which the rule fired
+    with a dotted one.
     """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    history = result.history
-    panels = [("P_t (pseudo-noise absorbed)", {"P_t": history.p})] if history.p.size else []
-    if history.curvature.size:
-        panels.append(("curvature of smoothed P", {"kappa": history.curvature}))
-    if history.psnr_raw is not None:
-        panels.append(("PSNR (dB)", {"raw output": history.psnr_raw, "averaged output": history.psnr_ema}))
-    panels.append(("loss", {"loss": history.loss}))
+    panels = history_panels(result)
     figure, axes = plt.subplots(len(panels), 1, figsize=(7, 2.2 * len(panels)), sharex=True, squeeze=False)
     for axis, (title, curves) in zip(axes[:, 0], panels):
         for label, values in curves.items():
             if values is not None:
                 axis.plot(np.arange(values.size), values, label=label, linewidth=1)
-        axis.axvline(result.stop_iteration, color="tab:red", linewidth=1, label=f"returned: {result.stop_iteration}")
-        if result.osc_stop_iteration is not None:
-            axis.axvline(result.osc_stop_iteration, color="tab:gray", linestyle=":", linewidth=1, label="rule stopped")
+        axis.axvline(result.stop_iteration, color="tab:red", linewidth=1, label=f"returned: {result.stop_iteration} ({result.output})")
+        if result.rule_stop_iteration is not None:
+            axis.axvline(result.rule_stop_iteration, color="tab:gray", linestyle=":", linewidth=1, label=f"{result.rule} fired")
         axis.set_title(title, fontsize=9)
         if title == "loss":
             axis.set_yscale("log")

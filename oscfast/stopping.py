@@ -1,180 +1,694 @@
-"""The Orthogonal Stopping Criterion: pseudo-noise, projection and the online stop rule.
+"""Stop rules behind one protocol, and :class:`OSCStopper` for users' own loops.
 
-Pure functions for the math (method.md sections 2-3) and one small stateful object,
-:class:`OSCStopper`, that the engine and users both drive (section 5).
+Every rule is a small stateful object in the manner of torchmetrics' ``Metric``: it declares
+the signals it reads (:attr:`StopRule.needs`) and its state, takes the signals of new
+iterations with :meth:`~StopRule.update`, and keeps a :class:`Decision` (which iteration,
+which output, stop now or not). The engine, :func:`oscfast.restore`, the plots and the
+exported stopper's caller use nothing else. The rules:
+
+- ``risk``: online minimum of a SURE estimate of the error, the pseudo-noise being the
+  divergence probe (method.md section 8; inline form section 5);
+- ``knee``: online argmax of the chord curvature of the smoothed P curve (sections 4-5);
+- ``paper``: the paper's offline argmax of the curvature (reproduction only);
+- ``es-wmv`` / ``es-emv``: the peer rules of reference-configs.md section 7 on the output's
+  windowed / exponential moving variance (no pseudo-noise needed);
+- ``plateau``: for exact observations, stop when the averaged output stops changing;
+- ``cap``: run to the iteration cap and return the last iterate (plain DIP).
+
+Signals (names a rule can ask for), one value per iteration: ``loss`` and ``loss_ema`` (of the
+returned fit's raw and averaged output against its target), ``p`` and ``p_ema`` (the probe's P:
+inline P_t, or P_twin = P_B - P_A), ``wmv``, ``emv`` (ES variances), ``change`` (mean squared
+change of the averaged output over the last ``change_lag`` iterations).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from oscfast.config import ResolvedStop, StopConfig, StopRule
+from oscfast.probe import gaussian_pseudo_noise, masked_uniform_pseudo_noise, projection
 
 __all__ = [
-    "KneeDecision",
+    "CapRule",
+    "Decision",
+    "EMVRule",
+    "KneeRule",
     "OSCStopper",
-    "curvature_standard_error",
-    "RiskStopper",
-    "make_stopper",
-    "risk_weight",
+    "OutputKind",
+    "PaperRule",
+    "PlateauRule",
+    "RULES",
+    "RiskRule",
+    "RuleBase",
+    "Signals",
     "StopDecision",
+    "StopRule",
+    "WMVRule",
+    "curvature_standard_error",
     "gaussian_pseudo_noise",
     "masked_uniform_pseudo_noise",
     "projection",
 ]
 
+OutputKind = Literal["raw", "ema"]
 
-def gaussian_pseudo_noise(
-    shape: tuple[int, ...], std: float, *, seed: int = 0, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """i.i.d. N(0, std^2) pseudo-noise (method.md section 2), drawn on the CPU so that the
-    same seed gives the same n on every device."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=generator, dtype=torch.float64).mul_(std).to(dtype)
-
-
-def masked_uniform_pseudo_noise(
-    mask: torch.Tensor, std: float, *, channels: int, seed: int = 0
-) -> torch.Tensor:
-    """Uniform pseudo-noise on known pixels only (method.md section 2, masked tasks).
-
-    n = m * u with u ~ U(-a, a), a = sqrt(3) * std (same standard deviation as the
-    Gaussian case); holes get none because the loss never sees them.
-
-    Shape:
-        mask: (1, 1 or C, H, W) in {0, 1}; returns (1, channels, H, W).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    _, _, height, width = mask.shape
-    a = math.sqrt(3.0) * std
-    u = torch.rand((1, channels, height, width), generator=generator, dtype=torch.float64)
-    return ((2.0 * u - 1.0) * a * mask.to(torch.float64).cpu()).to(torch.float32)
-
-
-def projection(measured: torch.Tensor, noise: torch.Tensor, inv_noise_energy: float | torch.Tensor) -> torch.Tensor:
-    """P = <A(x), n> / <n, n> (method.md section 3) as a 0-d tensor, without a host sync."""
-    return torch.sum(measured * noise) * inv_noise_energy
-
-
-def curvature_standard_error(median_step: float, settings: ResolvedStop) -> float:
-    """Standard error of the curvature that white jitter of P alone would give.
-
-    The jitter sigma is estimated robustly as median |P_t - P_{t-1}| / (0.6745 sqrt 2); for a
-    least-squares parabola over 2L + 1 points spaced h = 1 / t_max,
-    SE(a) = sigma / (h^2 L^2 sqrt((2L + 1) 4 / 45)) and kappa = 2a. Smoothing leaves this about
-    unchanged (fewer, less noisy effective points).
-    """
-    sigma = median_step / (0.6745 * math.sqrt(2.0))
-    half = settings.half_window
-    spacing = 1.0 / settings.t_max
-    return 2.0 * sigma / (spacing**2 * half**2 * math.sqrt((2 * half + 1) * 4.0 / 45.0))
-
-
-class KneeDecision:
-    """The knee rule's bookkeeping on scalars (method.md section 5), shared by
-    :class:`OSCStopper` and the exported stopper's caller (:class:`oscfast.export.StopRule`).
-
-    Per iteration it takes the smoothed P and the curvature of iteration ``newest - L``; it
-    keeps the running argmin of the smoothed P (windows that start before it are ignored,
-    method.md section 7), the running argmax t* of the curvatures above ``threshold``, and
-    says stop once ``patience`` centres have passed without a new maximum (then it freezes).
-    """
-
-    def __init__(self, settings: ResolvedStop) -> None:
-        self.settings = settings
-        self._min_pbar = math.inf
-        self._argmin_pbar = 0
-        self.best_iteration: int | None = None
-        self.best_curvature = -math.inf
-        self.should_stop = False
-        self.stop_iteration: int | None = None
-
-    def observe(self, newest: int, pbar: float, curvature: float, threshold: float) -> bool:
-        """Advance by iteration ``newest``; returns whether t* changed."""
-        settings = self.settings
-        lag = settings.half_window
-        if pbar < self._min_pbar:
-            self._min_pbar = float(pbar)
-            self._argmin_pbar = newest
-        centre = newest - lag
-        if self.should_stop or centre < lag:
-            return False
-        new_best = False
-        guarded = settings.guard_early_minimum and centre - lag < self._argmin_pbar
-        if not guarded and curvature > self.best_curvature and curvature > threshold:
-            self.best_curvature = float(curvature)
-            self.best_iteration = centre
-            new_best = True
-        if settings.online and self.best_iteration is not None and centre - self.best_iteration >= settings.patience:
-            self.should_stop = True
-            self.stop_iteration = newest + 1
-        return new_best
-
-    def threshold(self, median_step: float | None) -> float:
-        """The candidate threshold max(min_curvature, significance * SE)."""
-        settings = self.settings
-        if settings.significance == 0:
-            return settings.min_curvature
-        if median_step is None:
-            return math.inf
-        return max(settings.min_curvature, settings.significance * curvature_standard_error(median_step, settings))
+#: the names accepted by ``restore(..., rule=...)``
+RULES: tuple[str, ...] = ("risk", "knee", "paper", "es-wmv", "es-emv", "plateau", "cap")
 
 
 @dataclass(frozen=True)
-class StopDecision:
-    """What the stopper knows after an update.
+class Signals:
+    """Per-iteration signals of consecutive iterations ``start, start + 1, ...``.
 
     Attributes:
-        iteration: index of the newest P value (0-based).
-        p: the newest P value.
-        curvature: newest available curvature (NaN during the first 2L iterations).
-        curvature_iteration: the iteration that curvature belongs to (iteration - L).
-        best_iteration: current choice t* (None while no knee has been seen).
-        best_curvature: curvature at t*.
-        should_stop: the online rule says stop (stays True once set).
-        new_best: t* changed during this update.
+        start: iteration of the first value.
+        values: signal name -> 1-D float64 array; all of one length.
     """
 
-    iteration: int
-    p: float
-    curvature: float
-    curvature_iteration: int
-    best_iteration: int | None
-    best_curvature: float
-    should_stop: bool
-    new_best: bool
-    risk: float = math.nan
+    start: int
+    values: Mapping[str, np.ndarray]
+
+    @classmethod
+    def of(cls, start: int = 0, **arrays: Any) -> Signals:
+        """Build from keyword arrays (scalars become length-1 arrays)."""
+        return cls(start, {name: np.atleast_1d(np.asarray(value, dtype=np.float64)) for name, value in arrays.items()})
+
+    @property
+    def length(self) -> int:
+        """Number of iterations covered."""
+        return next(iter(self.values.values())).size if self.values else 0
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.values[name]
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What a rule has decided so far.
+
+    Attributes:
+        iteration: the chosen iteration (None while nothing is chosen).
+        output: which image of that iteration: the raw output or its exponential average.
+        should_stop: the rule has fired (stays True; the choice is then frozen).
+        stop_iteration: how many iterations had been seen when it fired.
+        new_best: the choice changed during the last update.
+        score: the newest value of the rule's main score (for progress displays).
+    """
+
+    iteration: int | None = None
+    output: OutputKind = "raw"
+    should_stop: bool = False
+    stop_iteration: int | None = None
+    new_best: bool = False
+    score: float = math.nan
+
+
+#: the name of :class:`Decision` before the rules shared one protocol (kept for callers)
+StopDecision = Decision
+
+
+@runtime_checkable
+class StopRule(Protocol):
+    """The protocol every stop rule implements (see the module docstring)."""
+
+    name: str
+    needs: frozenset[str]
+    #: the most iterations between the newest iteration seen and a newly chosen one; the
+    #: engine keeps that many recent outputs so the chosen image can still be returned
+    lag: int
+    max_iterations: int
+
+    def update(self, signals: Signals) -> Decision:
+        """Take the signals of the next iterations; return the decision."""
+        ...
+
+    @property
+    def decision(self) -> Decision:
+        """The current decision."""
+        ...
+
+    @property
+    def iterations_seen(self) -> int:
+        """How many iterations have been fed."""
+        ...
+
+    def scores(self) -> dict[str, np.ndarray]:
+        """The curves the rule decides on, by label (for plots), one value per iteration."""
+        ...
+
+    def reset(self) -> None:
+        """Forget everything fed so far."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rule's state (for checkpoints)."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`."""
+        ...
+
+
+class RuleBase:
+    """Shared bookkeeping: input checks, the fed history, the frozen decision, the state.
+
+    Subclasses set ``name`` and ``needs``, call ``super().__init__``, declare extra state
+    with :meth:`add_state` and implement :meth:`_advance` (process iterations
+    ``first .. end - 1`` of the history and update the choice through :meth:`_choose` and
+    :meth:`_fire`).
+    """
+
+    name: ClassVar[str] = "rule"
+    needs: frozenset[str] = frozenset()
+    lag: int = 0
+
+    def __init__(self, *, max_iterations: int, output: OutputKind = "raw") -> None:
+        if int(max_iterations) != max_iterations or max_iterations < 1:
+            raise ValueError(f"max_iterations must be a positive integer, got {max_iterations}")
+        if output not in ("raw", "ema"):
+            raise ValueError(f"unknown output {output!r}; expected 'raw' or 'ema'")
+        self.max_iterations = int(max_iterations)
+        self.default_output: OutputKind = output
+        self._defaults: dict[str, Any] = {}
+        self.add_state("_n", 0)
+        self.add_state("_history", {name: np.full(self.max_iterations, np.nan) for name in sorted(self.needs)})
+        self.add_state("_decision", Decision(output=output))
+
+    # -- declared state -------------------------------------------------------------------
+    def add_state(self, name: str, default: Any) -> None:
+        """Declare a piece of state with its initial value (reset copies it)."""
+        self._defaults[name] = default
+        setattr(self, name, _copy(default))
+
+    def reset(self) -> None:
+        for name, default in self._defaults.items():
+            setattr(self, name, _copy(default))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: _copy(getattr(self, name)) for name in self._defaults}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        missing = set(self._defaults) - set(state)
+        if missing:
+            raise ValueError(f"state of rule {self.name!r} lacks {sorted(missing)}")
+        for name in self._defaults:
+            setattr(self, name, _copy(state[name]))
+
+    # -- the protocol ---------------------------------------------------------------------
+    @property
+    def decision(self) -> Decision:
+        return self._decision
+
+    @property
+    def iterations_seen(self) -> int:
+        return self._n
+
+    def history(self, name: str) -> np.ndarray:
+        """The values of signal ``name`` fed so far (a copy)."""
+        return self._history[name][: self._n].copy()
+
+    def update(self, signals: Signals) -> Decision:
+        length = signals.length
+        missing = self.needs - set(signals.values)
+        if missing:
+            raise ValueError(f"rule {self.name!r} needs the signals {sorted(missing)}")
+        if length == 0:
+            raise ValueError("update needs the signals of at least one iteration")
+        if signals.start != self._n:
+            raise ValueError(f"signals start at iteration {signals.start}, the rule has seen {self._n}")
+        if self._n + length > self.max_iterations:
+            raise ValueError(f"more iterations ({self._n + length}) than max_iterations ({self.max_iterations})")
+        for name in self.needs:
+            values = np.asarray(signals[name], dtype=np.float64)
+            if values.shape != (length,):
+                raise ValueError(f"signal {name!r} has shape {values.shape}, expected ({length},)")
+            finite = values[~np.isnan(values)] if name in ("wmv", "emv", "change") else values
+            if not np.all(np.isfinite(finite)):
+                raise ValueError(f"signal {name!r} is not finite (the loss diverged?)")
+            self._history[name][self._n : self._n + length] = values
+        first, self._n = self._n, self._n + length
+        self._decision = replace(self._decision, new_best=False)
+        self._advance(first, self._n)
+        return self._decision
+
+    def scores(self) -> dict[str, np.ndarray]:
+        return {}
+
+    # -- helpers for subclasses -------------------------------------------------------------
+    def _advance(self, first: int, end: int) -> None:
+        raise NotImplementedError
+
+    def _choose(self, iteration: int, output: OutputKind | None = None, score: float = math.nan) -> None:
+        if self._decision.should_stop:
+            return
+        self._decision = replace(
+            self._decision, iteration=int(iteration), output=output or self.default_output, new_best=True, score=score
+        )
+
+    def _fire(self, seen: int) -> None:
+        if not self._decision.should_stop:
+            self._decision = replace(self._decision, should_stop=True, stop_iteration=int(seen))
+
+    def _set_score(self, score: float) -> None:
+        self._decision = replace(self._decision, score=float(score))
+
+    def __repr__(self) -> str:
+        d = self._decision
+        return f"{type(self).__name__}(seen={self._n}, iteration={d.iteration}, output={d.output!r}, stopped={d.should_stop})"
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy(item) for item in value]
+    return value
+
+
+def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over ``window`` (NaN until the window is full)."""
+    cumulative = np.concatenate([[0.0], np.cumsum(values)])
+    out = np.full(values.size, np.nan)
+    if values.size >= window:
+        out[window - 1 :] = (cumulative[window:] - cumulative[:-window]) / window
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# risk: online minimum of a SURE estimate (method.md sections 5 and 8)
+# ------------------------------------------------------------------------------------------
+class RiskRule(RuleBase):
+    """Online minimum of risk_t = loss_t + weight * P_t + offset (rule ``"risk"``).
+
+    With the twin probe this is a SURE estimate of the returned fit's own error (method.md
+    section 8): it falls while the net fits the image and rises once it fits the noise. The
+    raw and the averaged output are scored each with its own loss and P, and the lower risk
+    wins. The rule keeps the running minimum of the trailing mean (``smoothing`` iterations)
+    of each risk, attributes it to the window's centre, and stops once that minimum is older
+    than max(min_patience, patience_ratio * t*): the wait scales with the run's own time.
+
+    Args:
+        weight, offset: see :class:`oscfast.probe.RiskConstants`.
+        max_iterations: the iteration cap.
+        smoothing: trailing-mean window of the risk.
+        patience_ratio, min_patience: the wait (None: max(50, cap / 15)).
+        outputs: which outputs to score.
+        error_scale: multiply the risk by this to get a mean squared error estimate
+            (1 / rho), or None when the risk is not an unbiased estimate.
+    """
+
+    name = "risk"
+
+    def __init__(
+        self,
+        weight: float,
+        offset: float = 0.0,
+        *,
+        max_iterations: int,
+        smoothing: int = 25,
+        patience_ratio: float = 0.5,
+        min_patience: int | None = None,
+        outputs: Sequence[OutputKind] = ("raw", "ema"),
+        error_scale: float | None = None,
+    ) -> None:
+        if not weight >= 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
+        if smoothing < 1 or patience_ratio < 0:
+            raise ValueError(f"need smoothing >= 1 and patience_ratio >= 0, got {smoothing}, {patience_ratio}")
+        if not outputs or any(o not in ("raw", "ema") for o in outputs):
+            raise ValueError(f"outputs must be a non-empty subset of ('raw', 'ema'), got {outputs}")
+        self.outputs: tuple[OutputKind, ...] = tuple(outputs)
+        self.needs = frozenset({"loss", "p"} | ({"loss_ema", "p_ema"} if "ema" in self.outputs else set()))
+        super().__init__(max_iterations=max_iterations, output=self.outputs[0])
+        self.weight, self.offset = float(weight), float(offset)
+        self.smoothing = int(smoothing)
+        self.lag = self.smoothing // 2
+        self.patience_ratio = float(patience_ratio)
+        self.min_patience = int(min_patience) if min_patience is not None else max(50, round(self.max_iterations / 15))
+        self.error_scale = error_scale
+        self.add_state("_best", math.inf)
+
+    def risk(self, output: OutputKind = "raw") -> np.ndarray:
+        """The (unsmoothed) risk of ``output`` per iteration fed so far."""
+        suffix = "" if output == "raw" else "_ema"
+        n = self._n
+        return self._history["loss" + suffix][:n] + self.weight * self._history["p" + suffix][:n] + self.offset
+
+    def _advance(self, first: int, end: int) -> None:
+        window = self.smoothing
+        start = max(first, window - 1)
+        if start >= end:
+            return
+        # trailing means of the new iterations only, from the window before them
+        smoothed = {
+            output: trailing_mean(self.risk(output)[start - window + 1 : end], window)[window - 1 :]
+            for output in self.outputs
+        }
+        for offset, newest in enumerate(range(start, end)):
+            for output in self.outputs:
+                value = smoothed[output][offset]
+                if value < self._best and not self._decision.should_stop:
+                    self._best = float(value)
+                    self._choose(newest - (window - 1) // 2, output, value)
+            self._set_score(smoothed[self.outputs[0]][offset])
+            chosen = self._decision.iteration
+            if chosen is not None and newest - chosen >= max(self.min_patience, self.patience_ratio * chosen):
+                self._fire(newest + 1)
+
+    def estimated_error(self) -> float | None:
+        """Estimated mean squared error of the chosen output over the probed entries (its
+        smoothed risk times ``error_scale``), None when the risk is not an unbiased estimate."""
+        decision = self._decision
+        if self.error_scale is None or decision.iteration is None:
+            return None
+        return max(self._best, 0.0) * self.error_scale
+
+    def scores(self) -> dict[str, np.ndarray]:
+        return {f"risk ({output})": self.risk(output) for output in self.outputs}
+
+
+# ------------------------------------------------------------------------------------------
+# knee: curvature of the P curve (method.md sections 4-5)
+# ------------------------------------------------------------------------------------------
+def curvature_standard_error(jitter: float, half_window: int, t_max: float, chord_slope: float = 0.0) -> float:
+    """Standard error of the chord curvature that white jitter of P alone would give.
+
+    ``jitter`` is the std of P's iteration-to-iteration noise. For a least-squares parabola
+    over 2L + 1 points spaced h = 1 / t_max, SE(a) = sigma / (h^2 L^2 sqrt((2L + 1) 4 / 45))
+    and kappa = 2a. In the chord frame (method.md section 4, step 3) the points are spaced
+    h / cos(theta) along the chord and the noise across it is sigma cos(theta), theta the
+    chord's angle: the standard error shrinks by cos(theta)^3 (0.4 for a chord slope of 0.9).
+    """
+    cos = 1.0 / math.sqrt(1.0 + chord_slope * chord_slope)
+    spacing = 1.0 / t_max
+    return 2.0 * jitter * cos**3 / (spacing**2 * half_window**2 * math.sqrt((2 * half_window + 1) * 4.0 / 45.0))
+
+
+class KneeRule(RuleBase):
+    """Online knee of the P curve (rule ``"knee"``; ``online=False`` is the paper's rule).
+
+    Per new P value the numba kernel yields the curvature of the centre ``L`` iterations back.
+    A centre is a candidate when its window starts after the smoothed P curve's early minimum
+    (``guard``) and its curvature exceeds ``significance`` standard errors of what the jitter
+    of P alone would produce (:func:`curvature_standard_error`, with the chord angle of that
+    centre and the jitter of P up to the newest value it needs; so the choice does not depend
+    on how P is fed). t* is the running argmax of the candidates; the rule stops once
+    ``patience`` centres have passed without a new maximum.
+
+    Args:
+        max_iterations: the iteration cap (scales the iteration axis).
+        half_window: L (None: max(50, round(cap / 7.5)), method.md section 7).
+        smoothing: w, the trailing mean of P before the fit.
+        patience: centres without a new maximum before stopping (None: L).
+        significance: candidate threshold in standard errors (0: off).
+        min_curvature: candidates must also exceed this.
+        guard: ignore windows that start before the early minimum of the smoothed P.
+        online: stop online (False: never stop, offline argmax).
+        output: the output the rule returns.
+    """
+
+    name = "knee"
+    needs = frozenset({"p"})
+
+    def __init__(
+        self,
+        *,
+        max_iterations: int,
+        half_window: int | None = None,
+        smoothing: int = 10,
+        patience: int | None = None,
+        significance: float = 3.0,
+        min_curvature: float = 0.0,
+        guard: bool = True,
+        online: bool = True,
+        output: OutputKind = "raw",
+    ) -> None:
+        from oscfast.kernels import IncrementalCurvature
+
+        super().__init__(max_iterations=max_iterations, output=output)
+        self.half_window = int(half_window) if half_window is not None else max(50, round(self.max_iterations / 7.5))
+        if self.half_window < 2 or smoothing < 1 or significance < 0:
+            raise ValueError(f"need half_window >= 2, smoothing >= 1, significance >= 0; got {self.half_window}, {smoothing}, {significance}")
+        self.smoothing = int(smoothing)
+        self.patience = self.half_window if patience is None else int(patience)
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0, got {self.patience}")
+        self.significance = float(significance)
+        self.min_curvature = float(min_curvature)
+        self.guard, self.online = guard, online
+        self.lag = self.half_window
+        self.t_max = float(self.max_iterations)
+        self._curve_factory = lambda: IncrementalCurvature(self.half_window, self.smoothing, self.t_max, self.max_iterations)
+        self.add_state("_curve", None)
+        self._curve = self._curve_factory()
+        self.add_state("_min_pbar", math.inf)
+        self.add_state("_argmin_pbar", 0)
+        self.add_state("_best_curvature", -math.inf)
+        self.add_state("_threshold", np.full(self.max_iterations, np.nan))
+
+    def reset(self) -> None:
+        super().reset()
+        self._curve = self._curve_factory()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["_curve"] = self.history("p")
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._curve = self._curve_factory()
+        if len(state["_curve"]):
+            self._curve.push_many(np.asarray(state["_curve"]))
+
+    @property
+    def curvature(self) -> np.ndarray:
+        """Curvature per iteration fed, NaN where not (yet) defined."""
+        kappa = np.full(self._n, np.nan)
+        known = max(0, self._n - self.half_window)
+        kappa[:known] = self._curve.kappa[:known]
+        return kappa
+
+    @property
+    def best_curvature(self) -> float:
+        """Curvature at t*."""
+        return self._best_curvature
+
+    def threshold_at(self, newest: int) -> float:
+        """The candidate threshold for the centre ``newest - L`` (NaN before it exists)."""
+        return float(self._threshold[newest]) if newest < self._n else math.nan
+
+    def _threshold_for(self, newest: int, pbar: np.ndarray, absdiff: np.ndarray) -> float:
+        if self.significance == 0:
+            return self.min_curvature
+        if newest < 2:
+            return math.inf
+        # jitter of P from the median |P_t - P_t-1| up to `newest` only (robust to the knee)
+        jitter = float(np.median(absdiff[:newest])) / (0.6745 * math.sqrt(2.0))
+        lag = self.half_window
+        slope = (pbar[newest] - pbar[newest - 2 * lag]) / (2 * lag / self.t_max)
+        se = curvature_standard_error(jitter, lag, self.t_max, slope)
+        return max(self.min_curvature, self.significance * se)
+
+    def _advance(self, first: int, end: int) -> None:
+        p = self._history["p"]
+        kappas = self._curve.push_many(p[first:end])
+        pbar = self._curve.pbar
+        absdiff = np.abs(np.diff(p[:end]))
+        lag = self.half_window
+        for offset, newest in enumerate(range(first, end)):
+            if pbar[newest] < self._min_pbar:
+                self._min_pbar, self._argmin_pbar = float(pbar[newest]), newest
+            centre = newest - lag
+            if centre < lag:
+                continue
+            threshold = self._threshold_for(newest, pbar, absdiff)
+            self._threshold[newest] = threshold
+            kappa = float(kappas[offset])
+            self._set_score(kappa)
+            guarded = self.guard and centre - lag < self._argmin_pbar
+            if not self._decision.should_stop and not guarded and kappa > self._best_curvature and kappa > threshold:
+                self._best_curvature = kappa
+                self._choose(centre, score=kappa)
+            chosen = self._decision.iteration
+            if self.online and chosen is not None and centre - chosen >= self.patience:
+                self._fire(newest + 1)
+
+    def scores(self) -> dict[str, np.ndarray]:
+        return {"curvature of smoothed P": self.curvature}
+
+
+class PaperRule(KneeRule):
+    """The paper's rule: offline argmax of the curvature of the raw P curve over the whole
+    run (no smoothing, no guard, no threshold, never stops early). Reproduction only."""
+
+    name = "paper"
+
+    def __init__(self, *, max_iterations: int, half_window: int | None = None, output: OutputKind = "raw") -> None:
+        super().__init__(
+            max_iterations=max_iterations, half_window=half_window, smoothing=1, significance=0.0,
+            min_curvature=-math.inf, guard=False, online=False, output=output,
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# peers: ES-WMV and ES-EMV (reference-configs.md section 7)
+# ------------------------------------------------------------------------------------------
+class _MinimumWithPatience(RuleBase):
+    """Running strict minimum of one signal; stop after ``patience`` iterations without a
+    new minimum (the ES notebooks' rule)."""
+
+    signal: ClassVar[str] = ""
+
+    def __init__(self, *, max_iterations: int, patience: int, start: int, output: OutputKind = "raw") -> None:
+        self.needs = frozenset({self.signal})
+        super().__init__(max_iterations=max_iterations, output=output)
+        if patience < 0:
+            raise ValueError(f"patience must be >= 0, got {patience}")
+        self.patience, self.start = int(patience), int(start)
+        self.add_state("_best", math.inf)
+        self.add_state("_wait", 0)
+
+    def _advance(self, first: int, end: int) -> None:
+        values = self._history[self.signal]
+        for t in range(max(first, self.start), end):
+            value = values[t]
+            if np.isnan(value):
+                continue
+            self._set_score(value)
+            if self._decision.should_stop:
+                continue
+            if value < self._best:
+                self._best, self._wait = float(value), 0
+                self._choose(t, score=value)
+            else:
+                self._wait += 1
+                if self._wait >= self.patience:
+                    self._fire(t + 1)
+
+    def scores(self) -> dict[str, np.ndarray]:
+        return {self.signal: self.history(self.signal)}
+
+
+class WMVRule(_MinimumWithPatience):
+    """ES-WMV: argmin of the windowed moving variance of the outputs (the engine keeps the
+    window, W = 100 by default), patience 1000; returns the raw iterate at the minimum."""
+
+    name = "es-wmv"
+    signal = "wmv"
+
+    def __init__(self, *, max_iterations: int, patience: int = 1000) -> None:
+        super().__init__(max_iterations=max_iterations, patience=patience, start=0)
+
+
+class EMVRule(_MinimumWithPatience):
+    """ES-EMV: argmin of the exponential moving variance (alpha 0.1) for t > 100, patience
+    1000; returns the raw iterate at the minimum (the notebook plots its 0.1-average)."""
+
+    name = "es-emv"
+    signal = "emv"
+
+    def __init__(self, *, max_iterations: int, patience: int = 1000, warmup: int = 100) -> None:
+        super().__init__(max_iterations=max_iterations, patience=patience, start=warmup + 1)
+
+
+# ------------------------------------------------------------------------------------------
+# plateau (exact observations) and cap (plain DIP)
+# ------------------------------------------------------------------------------------------
+class PlateauRule(RuleBase):
+    """Stop when the averaged output has stopped changing (rule ``"plateau"``).
+
+    For exact observations (no measurement noise) there is nothing to overfit, so the question
+    is when more iterations stop improving the image. The engine measures the mean squared
+    change of the averaged output over the last ``change_lag`` iterations; converted to dB
+    (10 log10(1 / change)) it rises as the fit converges. The rule stops once that level has
+    stayed above ``level_db`` for ``patience`` iterations, and returns the averaged output
+    of the newest iteration.
+
+    Args:
+        max_iterations: the iteration cap (the rule also ends there).
+        level_db: the change level, in dB, counted as converged.
+        patience: iterations the level must hold.
+        output: the output returned.
+    """
+
+    name = "plateau"
+    needs = frozenset({"change"})
+
+    def __init__(self, *, max_iterations: int, level_db: float = 50.0, patience: int = 200, output: OutputKind = "ema") -> None:
+        super().__init__(max_iterations=max_iterations, output=output)
+        self.level_db, self.patience = float(level_db), int(patience)
+        self.add_state("_held", 0)
+
+    def change_db(self) -> np.ndarray:
+        """The change signal in dB (NaN before it is defined)."""
+        change = self.history("change")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return -10.0 * np.log10(change)
+
+    def _advance(self, first: int, end: int) -> None:
+        change = self._history["change"]
+        for t in range(first, end):
+            if self._decision.should_stop:
+                return
+            self._choose(t)
+            if np.isnan(change[t]):
+                continue
+            level = -10.0 * math.log10(max(float(change[t]), 1e-30))
+            self._set_score(level)
+            self._held = self._held + 1 if level >= self.level_db else 0
+            if self._held >= self.patience:
+                self._fire(t + 1)
+
+    def scores(self) -> dict[str, np.ndarray]:
+        return {"change of averaged output (dB)": self.change_db()}
+
+
+class CapRule(RuleBase):
+    """Run to the iteration cap and return the newest iterate (plain DIP; the published
+    fixed count when the cap is the preset's)."""
+
+    name = "cap"
+    needs = frozenset({"loss"})
+
+    def _advance(self, first: int, end: int) -> None:
+        self._choose(end - 1, score=float(self._history["loss"][end - 1]))
+
+    def scores(self) -> dict[str, np.ndarray]:
+        return {"loss": self.history("loss")}
+
+
+# ------------------------------------------------------------------------------------------
+# a stopper for users' own loops
+# ------------------------------------------------------------------------------------------
 class OSCStopper:
-    """Online OSC stop rule (method.md section 5), usable in any DIP-style loop.
+    """The Orthogonal Stopping Criterion for any DIP-style loop: the pseudo-noise and a rule.
 
-    Feed it the operator output of each iteration (:meth:`update`) or P values that were
-    computed elsewhere (:meth:`update_p`, what the engine does with values read from the
-    device). It keeps the running argmax of the chord curvature of the smoothed P curve,
-    ignoring windows that start before the curve's early minimum and bends that are not
-    upward, and says stop once that maximum has not been exceeded for ``patience``
-    iterations. After it has said stop its choice is frozen; further updates only extend
-    the recorded curves.
+    ``perturb(y)`` gives the target y + n; :meth:`update` takes each iteration's operator
+    output A(x_t) (and its loss for the risk rule), computes P_t and advances the rule. For
+    the twin probe, pass the output of the fit you return as ``base`` and that of the fit
+    trained on y + n as ``measured``: P_twin = <A(x_B) - A(x_A), n> / <n, n>.
 
     Args:
         pseudo_noise: the fixed pseudo-noise n (torch or numpy, measurement shape). Needed by
             :meth:`update` and :meth:`perturb`; not by :meth:`update_p`.
-        max_iterations: the loop's iteration cap (scales the iteration axis, sets the default
-            window and the capacity of the curve buffers).
-        half_window, smoothing, patience, rule, min_curvature: override ``config`` fields.
-        config: a full :class:`StopConfig`.
+        max_iterations: the loop's iteration cap.
+        rule: a :class:`StopRule` (default: :class:`KneeRule` for this cap), or a rule name
+            ("knee" or "paper"; other rules need constants: build them and pass the object).
+        half_window, smoothing, patience: options of the default knee rule.
 
     Example:
         >>> import numpy as np
         >>> stopper = OSCStopper(max_iterations=600, half_window=50)
         >>> curve = np.r_[np.zeros(300), np.linspace(0, 0.5, 300)]  # knee at 300
         >>> decision = stopper.update_p(curve)
-        >>> abs(decision.best_iteration - 300) < 25
+        >>> abs(decision.iteration - 300) < 25
         True
     """
 
@@ -183,350 +697,98 @@ class OSCStopper:
         pseudo_noise: torch.Tensor | np.ndarray | None = None,
         *,
         max_iterations: int,
+        rule: StopRule | Literal["knee", "paper"] = "knee",
         half_window: int | None = None,
         smoothing: int | None = None,
         patience: int | None = None,
-        rule: StopRule | None = None,
-        min_curvature: float | None = None,
-        config: StopConfig | None = None,
     ) -> None:
-        from oscfast.kernels import IncrementalCurvature
-
-        config = config or StopConfig(rule="knee")
-        if config.rule == "risk":
-            config = replace(config, rule="knee")  # this class is the knee rule
-        overrides = {
-            key: value
-            for key, value in dict(
-                half_window=half_window,
-                smoothing=smoothing,
-                patience=patience,
-                rule=rule,
-                min_curvature=min_curvature,
-            ).items()
-            if value is not None
-        }
-        if overrides:
-            config = StopConfig(**{**config.__dict__, **overrides})
-        if max_iterations < 1:
-            raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
-        self.config = config
-        self.settings: ResolvedStop = config.resolve(max_iterations)
-        self.max_iterations = max_iterations
-        self._curve = IncrementalCurvature(
-            self.settings.half_window, self.settings.smoothing, self.settings.t_max, max_iterations
-        )
-        self._noise = pseudo_noise
-        self._noise_energy: float | None = None
-        self._noise_cache: dict[tuple[Any, Any], torch.Tensor] = {}
-        if pseudo_noise is not None:
-            energy = float(_as_float64(pseudo_noise).pow(2).sum()) if isinstance(pseudo_noise, torch.Tensor) else float(np.sum(np.asarray(pseudo_noise, dtype=np.float64) ** 2))
-            if not energy > 0:
+        if isinstance(rule, str):
+            options: dict[str, Any] = {"half_window": half_window}
+            if rule == "knee":
+                options.update({k: v for k, v in dict(smoothing=smoothing, patience=patience).items() if v is not None})
+                rule = KneeRule(max_iterations=max_iterations, **options)
+            elif rule == "paper":
+                rule = PaperRule(max_iterations=max_iterations, **options)
+            else:
+                raise ValueError(f"rule {rule!r} needs constants: build the rule object and pass it (rule=RiskRule(...))")
+        elif not isinstance(rule, StopRule):
+            raise TypeError(f"rule must be a StopRule or a rule name, got {type(rule).__name__}")
+        self.rule: StopRule = rule
+        self._noise = None if pseudo_noise is None else torch.as_tensor(np.asarray(pseudo_noise) if not isinstance(pseudo_noise, torch.Tensor) else pseudo_noise)
+        self._energy: float | None = None
+        if self._noise is not None:
+            self._energy = float(self._noise.double().pow(2).sum())
+            if not self._energy > 0:
                 raise ValueError("pseudo_noise is all zeros: nothing to project on")
-            self._noise_energy = energy
-        self._decision = KneeDecision(self.settings)
+
+    # -- inputs ---------------------------------------------------------------------------
+    def perturb(self, observation: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+        """Return y + n, the target of the probed fit (not clipped: method.md section 2)."""
+        noise = self._require_noise()
+        if isinstance(observation, torch.Tensor):
+            return observation + noise.to(device=observation.device, dtype=observation.dtype)
+        observation = np.asarray(observation)
+        return observation + noise.numpy().astype(observation.dtype)
+
+    def projection(self, measured: torch.Tensor | np.ndarray) -> float:
+        """P = <A(x), n> / <n, n> for one operator output (method.md section 3)."""
+        noise = self._require_noise()
+        values = torch.as_tensor(np.asarray(measured)) if not isinstance(measured, torch.Tensor) else measured
+        if tuple(values.shape) != tuple(noise.shape):
+            raise ValueError(f"operator output has shape {tuple(values.shape)}, pseudo-noise {tuple(noise.shape)}")
+        assert self._energy is not None
+        return float(torch.sum(values.detach().cpu().double() * noise.double())) / self._energy
+
+    def update(
+        self,
+        measured: torch.Tensor | np.ndarray,
+        *,
+        base: torch.Tensor | np.ndarray | None = None,
+        loss: float | None = None,
+        **signals: float,
+    ) -> Decision:
+        """Advance the rule by one iteration from its operator output(s).
+
+        Args:
+            measured: A(x_t) of the fit that carries the pseudo-noise.
+            base: twin probe only: A(x_t) of the fit trained on y alone.
+            loss: the iteration's loss (rules that read it, e.g. risk).
+            signals: further signals the rule reads (``loss_ema``, ``p_ema``, ...).
+        """
+        p = self.projection(measured) - (self.projection(base) if base is not None else 0.0)
+        values = {"p": p, **signals}
+        if loss is not None:
+            values["loss"] = loss
+        return self.update_p(**{name: [value] for name, value in values.items()})
+
+    def update_p(self, p: np.ndarray | Sequence[float] | float, **signals: Any) -> Decision:
+        """Advance the rule by already computed P values (and other signals of the same
+        iterations, e.g. ``loss=`` for the risk rule)."""
+        chunk = Signals.of(self.rule.iterations_seen, p=p, **signals)
+        return self.rule.update(Signals(chunk.start, {k: v for k, v in chunk.values.items() if k in self.rule.needs}))
+
+    # -- results --------------------------------------------------------------------------
+    @property
+    def decision(self) -> Decision:
+        """The rule's current decision."""
+        return self.rule.decision
 
     @property
     def best_iteration(self) -> int | None:
-        """The current choice t* (None while no knee has been seen)."""
-        return self._decision.best_iteration
-
-    @property
-    def best_curvature(self) -> float:
-        """Curvature at t*."""
-        return self._decision.best_curvature
+        """The chosen iteration t* (None while nothing is chosen)."""
+        return self.rule.decision.iteration
 
     @property
     def should_stop(self) -> bool:
-        """The online rule has fired (stays True)."""
-        return self._decision.should_stop
+        """The rule has fired."""
+        return self.rule.decision.should_stop
 
     @property
     def stop_iteration(self) -> int | None:
         """How many iterations had run when the rule fired."""
-        return self._decision.stop_iteration
+        return self.rule.decision.stop_iteration
 
-    # -- inputs ---------------------------------------------------------------------------
-    def perturb(self, observation: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-        """Return y + n, the target of an OSC run (not clipped: method.md section 2)."""
-        noise = self._require_noise()
-        if isinstance(observation, torch.Tensor):
-            return observation + self._noise_like(observation)
-        return np.asarray(observation) + np.asarray(_to_numpy(noise), dtype=np.asarray(observation).dtype)
-
-    def projection(self, measured: torch.Tensor | np.ndarray) -> float:
-        """P = <A(x), n>/<n, n> for one operator output (method.md section 3)."""
-        noise = self._require_noise()
-        assert self._noise_energy is not None
-        if isinstance(measured, torch.Tensor):
-            noise_t = self._noise_like(measured)
-            if measured.shape != noise_t.shape:
-                raise ValueError(f"operator output has shape {tuple(measured.shape)}, pseudo-noise {tuple(noise_t.shape)}")
-            return float(torch.sum(measured.detach().double() * noise_t.double())) / self._noise_energy
-        measured_np = np.asarray(measured, dtype=np.float64)
-        noise_np = np.asarray(_to_numpy(noise), dtype=np.float64)
-        if measured_np.shape != noise_np.shape:
-            raise ValueError(f"operator output has shape {measured_np.shape}, pseudo-noise {noise_np.shape}")
-        return float(np.vdot(measured_np, noise_np)) / self._noise_energy
-
-    def update(self, measured: torch.Tensor | np.ndarray) -> StopDecision:
-        """Project one operator output A(x_t) on n and advance the rule by one iteration."""
-        return self.update_p(np.array([self.projection(measured)]))
-
-    def update_p(
-        self,
-        values: np.ndarray | list[float] | float,
-        loss: np.ndarray | None = None,
-        *,
-        p_ema: np.ndarray | None = None,
-        loss_ema: np.ndarray | None = None,
-    ) -> StopDecision:
-        """Advance the rule by one or several already computed P values (``loss``,
-        ``p_ema`` and ``loss_ema`` are accepted for a common interface with
-        :class:`RiskStopper` and ignored)."""
-        values = np.atleast_1d(np.asarray(values, dtype=np.float64))
-        if values.size == 0:
-            raise ValueError("update_p needs at least one value")
-        if not np.all(np.isfinite(values)):
-            raise ValueError("P values must be finite (the loss diverged?)")
-        first = self._curve.n
-        if first + values.size > self.max_iterations:
-            raise ValueError(
-                f"more P values ({first + values.size}) than max_iterations ({self.max_iterations})"
-            )
-        kappas = self._curve.push_many(values)
-        pbar = self._curve.pbar
-        lag = self.settings.half_window
-        threshold = self._decision.threshold(self._median_step())
-        new_best = False
-        for offset, kappa in enumerate(kappas):
-            new_best |= self._decision.observe(first + offset, float(pbar[first + offset]), float(kappa), threshold)
-        newest = self._curve.n - 1
-        centre = newest - lag
-        curvature = float(self._curve.kappa[centre]) if centre >= lag else math.nan
-        return StopDecision(
-            iteration=newest,
-            p=float(values[-1]),
-            curvature=curvature,
-            curvature_iteration=centre,
-            best_iteration=self.best_iteration,
-            best_curvature=self.best_curvature,
-            should_stop=self.should_stop,
-            new_best=new_best,
-        )
-
-    def curvature_noise(self) -> float:
-        """Standard error of the curvature from the jitter of P so far
-        (:func:`curvature_standard_error`); inf before 3 values."""
-        median_step = self._median_step()
-        return math.inf if median_step is None else curvature_standard_error(median_step, self.settings)
-
-    def _median_step(self) -> float | None:
-        if self._curve.n < 3:
-            return None
-        return float(np.median(np.abs(np.diff(self._curve.p))))
-
-    # -- results --------------------------------------------------------------------------
-    @property
-    def iterations_seen(self) -> int:
-        """How many P values have been fed."""
-        return self._curve.n
-
-    @property
-    def p(self) -> np.ndarray:
-        """Recorded P values (a copy)."""
-        return np.array(self._curve.p)
-
-    @property
-    def curvature(self) -> np.ndarray:
-        """Curvature per iteration, NaN where not (yet) defined (a copy)."""
-        kappa = np.full(self._curve.n, np.nan)
-        known = max(0, self._curve.n - self.settings.half_window)
-        kappa[:known] = self._curve.kappa[:known]
-        return kappa
-
-    # -- helpers --------------------------------------------------------------------------
-    def _require_noise(self) -> torch.Tensor | np.ndarray:
+    def _require_noise(self) -> torch.Tensor:
         if self._noise is None:
             raise ValueError("this stopper was made without pseudo_noise; pass it or use update_p")
         return self._noise
-
-    def _noise_like(self, reference: torch.Tensor) -> torch.Tensor:
-        key = (reference.device, reference.dtype)
-        if key not in self._noise_cache:
-            noise = self._noise
-            tensor = noise if isinstance(noise, torch.Tensor) else torch.from_numpy(np.asarray(noise))
-            self._noise_cache[key] = tensor.to(device=reference.device, dtype=reference.dtype)
-        return self._noise_cache[key]
-
-
-def _as_float64(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().to("cpu", torch.float64)
-
-
-def _to_numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        return array.detach().cpu().numpy()
-    return np.asarray(array)
-
-
-def risk_weight(noise_level: float, pseudo_noise: torch.Tensor, pseudo_noise_std: float) -> float:
-    """The weight c of P in the risk R_t = loss_t + c P_t (rule "risk").
-
-    With target y + n = A x0 + e + n and white noise e (std sigma_e) and n (std sigma_n), the
-    fitted output's correlation with the total noise is s^2 times its divergence, and
-    P_t estimates the divergence per probed entry (Monte-Carlo SURE with n as the probe). So
-    mean |A x_t - A x0|^2 ~ loss_t - rho s^2 + 2 rho s^2 P_t with s^2 = sigma_e^2 + sigma_n^2
-    and rho = |n|^2 / (sigma_n^2 N) the fraction of probed entries (1 unless masked):
-    c = 2 rho s^2.
-    """
-    energy = float(pseudo_noise.double().pow(2).sum())
-    rho = energy / (pseudo_noise_std**2 * pseudo_noise.numel())
-    return 2.0 * rho * (noise_level**2 + pseudo_noise_std**2)
-
-
-class RiskStopper:
-    """Online minimum of the estimated risk R_t = loss_t + c P_t (rule "risk").
-
-    When the P and loss of the exponential average of outputs are fed too, its risk is
-    scored the same way and the better of the two images is chosen (``best_output``).
-
-    R_t estimates, up to a constant, the mean squared error of A(x_t) against the clean
-    measurement (see :func:`risk_weight`); it falls while the net fits the image and rises
-    once it fits noise. The rule keeps the running minimum of the trailing mean of R (window
-    ``risk_smoothing``), attributes it to the window's centre, and stops once that minimum
-    is older than max(min_patience, patience_ratio * t*) iterations: the wait scales with
-    the run's own time scale, so no window has to be tuned to the iteration cap.
-
-    Args:
-        weight: c of :func:`risk_weight`.
-        max_iterations: the iteration cap.
-        config: a :class:`StopConfig` (risk_smoothing, patience_ratio, min_patience).
-    """
-
-    def __init__(self, *, weight: float, max_iterations: int, config: StopConfig | None = None) -> None:
-        if not weight >= 0:
-            raise ValueError(f"weight must be >= 0, got {weight}")
-        if max_iterations < 1:
-            raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
-        self.config = config or StopConfig(rule="risk")
-        self.settings: ResolvedStop = self.config.resolve(max_iterations)
-        self.weight = weight
-        self.max_iterations = max_iterations
-        self._p = np.zeros(max_iterations)
-        self._loss = np.zeros(max_iterations)
-        self._p_ema = np.full(max_iterations, np.nan)
-        self._loss_ema = np.full(max_iterations, np.nan)
-        self._n = 0
-        self.best_output = "raw"
-        self._best_risk = math.inf
-        self.best_iteration: int | None = None
-        self.should_stop = False
-        self.stop_iteration: int | None = None
-
-    def update_p(
-        self,
-        values: np.ndarray | list[float] | float,
-        loss: np.ndarray | None = None,
-        *,
-        p_ema: np.ndarray | None = None,
-        loss_ema: np.ndarray | None = None,
-    ) -> StopDecision:
-        """Advance the rule by new P values and the losses of the same iterations (and,
-        optionally, the P values and losses of the averaged output)."""
-        values = np.atleast_1d(np.asarray(values, dtype=np.float64))
-        if loss is None:
-            raise ValueError("rule 'risk' needs the loss of each iteration")
-        series = [values, np.atleast_1d(np.asarray(loss, dtype=np.float64))]
-        with_ema = p_ema is not None and loss_ema is not None
-        if with_ema:
-            series += [np.atleast_1d(np.asarray(p_ema, dtype=np.float64)), np.atleast_1d(np.asarray(loss_ema, dtype=np.float64))]
-        if values.size == 0 or any(item.shape != values.shape for item in series):
-            raise ValueError(f"need as many losses as P values, got shapes {[item.shape for item in series]}")
-        if not all(np.all(np.isfinite(item)) for item in series):
-            raise ValueError("P and loss values must be finite (the loss diverged?)")
-        first = self._n
-        if first + values.size > self.max_iterations:
-            raise ValueError(f"more P values ({first + values.size}) than max_iterations ({self.max_iterations})")
-        end = first + values.size
-        self._p[first:end], self._loss[first:end] = series[0], series[1]
-        if with_ema:
-            self._p_ema[first:end], self._loss_ema[first:end] = series[2], series[3]
-        self._n = end
-        window = self.settings.risk_smoothing
-        smoothed_curves = {"raw": self._smoothed(self.risk, window)}
-        if with_ema:
-            smoothed_curves["ema"] = self._smoothed(self.risk_ema, window)
-        new_best = False
-        smoothed = math.nan
-        for newest in range(max(first, window - 1), self._n):
-            smoothed = smoothed_curves["raw"][newest]
-            if self.should_stop:
-                continue
-            for output, curve in smoothed_curves.items():
-                if curve[newest] < self._best_risk:
-                    self._best_risk = float(curve[newest])
-                    self.best_iteration = newest - (window - 1) // 2
-                    self.best_output = output
-                    new_best = True
-            if self.best_iteration is None:
-                continue
-            patience = max(self.settings.min_patience, self.settings.patience_ratio * self.best_iteration)
-            if newest - self.best_iteration >= patience:
-                self.should_stop = True
-                self.stop_iteration = newest + 1
-        return StopDecision(
-            iteration=self._n - 1,
-            p=float(values[-1]),
-            curvature=math.nan,
-            curvature_iteration=self._n - 1,
-            best_iteration=self.best_iteration,
-            best_curvature=math.nan,
-            should_stop=self.should_stop,
-            new_best=new_best,
-            risk=smoothed,
-        )
-
-    @property
-    def iterations_seen(self) -> int:
-        """How many values have been fed."""
-        return self._n
-
-    @property
-    def p(self) -> np.ndarray:
-        """Recorded P values (a copy)."""
-        return self._p[: self._n].copy()
-
-    @property
-    def risk(self) -> np.ndarray:
-        """The (unsmoothed) risk estimate of the raw output per iteration, up to a constant."""
-        return self._loss[: self._n] + self.weight * self._p[: self._n]
-
-    @property
-    def risk_ema(self) -> np.ndarray:
-        """The same for the averaged output (NaN where it was not fed)."""
-        return self._loss_ema[: self._n] + self.weight * self._p_ema[: self._n]
-
-    @staticmethod
-    def _smoothed(values: np.ndarray, window: int) -> np.ndarray:
-        """Trailing mean over ``window`` (NaN before the window is full)."""
-        cumulative = np.concatenate([[0.0], np.cumsum(values)])
-        out = np.full(values.size, np.nan)
-        out[window - 1 :] = (cumulative[window:] - cumulative[:-window]) / window
-        return out
-
-    @property
-    def curvature(self) -> np.ndarray:
-        """The knee rule's curvature is not computed by this rule: all NaN."""
-        return np.full(self._n, np.nan)
-
-
-def make_stopper(
-    config: StopConfig, *, max_iterations: int, risk_weight_value: float | None = None
-) -> OSCStopper | RiskStopper:
-    """The stopper that ``config.rule`` names."""
-    if config.rule == "risk":
-        if risk_weight_value is None:
-            raise ValueError("rule 'risk' needs the risk weight (see risk_weight)")
-        return RiskStopper(weight=risk_weight_value, max_iterations=max_iterations, config=config)
-    return OSCStopper(max_iterations=max_iterations, config=config)

@@ -6,15 +6,19 @@ and ``task.finalize``: a new task is a new subclass, never a change to the engin
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
-from oscfast import operators
-from oscfast.stopping import gaussian_pseudo_noise, masked_uniform_pseudo_noise
+from oscfast import io, operators
+from oscfast.probe import gaussian_pseudo_noise, masked_uniform_pseudo_noise
 
 __all__ = [
+    "TASK_OPTIONS",
+    "build_task",
+    "load_mask",
     "Task",
     "Denoise",
     "JPEG",
@@ -253,3 +257,98 @@ class CustomOperator(Task):
                 return super().adjoint(y)
             return adjoint(y)
         return self._adjoint(y)
+
+
+#: which keyword options each named task takes
+TASK_OPTIONS: dict[str, frozenset[str]] = {
+    "denoise": frozenset(),
+    "jpeg": frozenset(),
+    "super_resolution": frozenset({"factor"}),
+    "inpaint": frozenset({"mask", "keep_known", "mask_threshold"}),
+    "restore_pixels": frozenset({"mask", "keep", "keep_known", "mask_threshold"}),
+    "deblur": frozenset({"kernel", "blur_sigma"}),
+    "custom": frozenset({"operator", "output_shape", "adjoint"}),
+}
+
+
+def load_mask(mask: Any, shape_hw: tuple[int, int], threshold: float = 0.5) -> torch.Tensor:
+    """A known-pixel mask as (1, 1 or C, H, W) float {0, 1}: a path, array, PIL image or
+    tensor; non-binary masks are thresholded at ``threshold`` (1 = known, 0 = hole).
+
+    Raises:
+        ValueError: missing, unreadable, wrong shape, or no known pixel.
+    """
+    if mask is None:
+        raise ValueError("this task needs mask= (path or array; 1 = known pixel, 0 = hole)")
+    if isinstance(mask, np.ndarray) and (mask.dtype == bool or (mask.dtype == np.uint8 and mask.max(initial=0) <= 1)):
+        mask = mask.astype(np.float32)  # {0, 1} integers are a mask, not 8-bit grey levels
+    array = io.load_image(mask, name="mask")
+    if array.shape[:2] != tuple(shape_hw):
+        raise ValueError(f"mask has shape {array.shape[:2]}, image is {tuple(shape_hw)}")
+    binary = (array >= threshold).astype(np.float32)
+    if binary.shape[2] > 1 and np.all(binary == binary[:, :, :1]):
+        binary = binary[:, :, :1]
+    if not binary.any():
+        raise ValueError("mask is all zeros: no pixel is known (1 = known, 0 = hole)")
+    return io.image_to_tensor(binary)
+
+
+def build_task(task: str, observation: np.ndarray, *, seed: int = 0, **options: Any) -> Task:
+    """Make a :class:`Task` from a task name, the observation (HxWxC float) and options.
+
+    Raises:
+        ValueError: unknown task, an option that the task does not take, or a bad option.
+    """
+    if task not in TASK_OPTIONS:
+        raise ValueError(f"unknown task {task!r}; expected one of {list(TASK_OPTIONS)}")
+    given = {key for key, value in options.items() if value is not None}
+    unknown = given - TASK_OPTIONS[task]
+    if unknown:
+        valid = sorted(TASK_OPTIONS[task]) or "none"
+        raise ValueError(f"option(s) {sorted(unknown)} do not apply to task {task!r}; valid: {valid}")
+    y = io.image_to_tensor(observation)
+    threshold = 0.5 if options.get("mask_threshold") is None else float(options["mask_threshold"])
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"mask_threshold must lie in [0, 1], got {threshold}")
+    if task == "denoise":
+        return Denoise(y)
+    if task == "jpeg":
+        return JPEG(y)
+    if task == "super_resolution":
+        return SuperResolution(y, factor=options.get("factor") or 4)
+    if task in ("inpaint", "restore_pixels"):
+        keep_known = options.get("keep_known")
+        keep_known = True if keep_known is None else bool(keep_known)
+        if task == "restore_pixels" and options.get("mask") is None:
+            from oscfast.degradations import random_pixel_mask
+
+            keep = 0.5 if options.get("keep") is None else float(options["keep"])
+            if not 0 < keep <= 1:
+                raise ValueError(f"keep must lie in (0, 1], got {keep}")
+            mask = io.image_to_tensor(random_pixel_mask(observation.shape[:2], keep=keep, seed=seed))
+            y = y * mask  # the pixels the mask drops are not observed
+        elif options.get("keep") is not None:
+            raise ValueError("give either mask= or keep= for task 'restore_pixels', not both")
+        else:
+            mask = load_mask(options.get("mask"), observation.shape[:2], threshold)
+        cls = Inpaint if task == "inpaint" else RestorePixels
+        return cls(y, mask, keep_known=keep_known)
+    if task == "deblur":
+        kernel, sigma = options.get("kernel"), options.get("blur_sigma")
+        if (kernel is None) == (sigma is None):
+            raise ValueError("task 'deblur' needs exactly one of kernel= (2-D array) or blur_sigma=")
+        if kernel is None:
+            if not sigma > 0:
+                raise ValueError(f"blur_sigma must be > 0, got {sigma}")
+            kernel = operators.gaussian_kernel(float(sigma))
+        kernel_t = torch.as_tensor(np.asarray(kernel, dtype=np.float32))
+        if kernel_t.ndim != 2 or not torch.isfinite(kernel_t).all() or float(kernel_t.sum()) <= 0:
+            raise ValueError(f"kernel must be a finite 2-D array with a positive sum, got shape {tuple(kernel_t.shape)}")
+        return Deblur(y, kernel_t / kernel_t.sum())
+    operator: Callable[[torch.Tensor], torch.Tensor] | None = options.get("operator")
+    if operator is None or not callable(operator):
+        raise ValueError("task 'custom' needs operator= (a callable x -> A(x) on 1xCxHxW tensors)")
+    output_shape = options.get("output_shape")
+    if output_shape is None:
+        output_shape = (observation.shape[2], *observation.shape[:2])
+    return CustomOperator(y, operator, tuple(int(v) for v in output_shape), adjoint=options.get("adjoint"))

@@ -80,7 +80,9 @@ def test_plot_writes_png(tmp_path: Path, fast: dict) -> None:
 
 def test_pseudo_noise_zero_is_plain_dip(fast: dict) -> None:
     result = restore(smooth_image(48), pseudo_noise_std=0, **fast)
-    assert result.history.p.size == 0 and result.osc_iteration is None
+    assert result.history.p is None and result.probe == "none" and result.rule == "cap"
+    assert result.stop_iteration == 7 and result.stop_reason == "cap"
+    np.testing.assert_array_equal(result.image, np.clip(result.ema_image, 0, 1))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,149 @@
+"""From a task and options to the fits and the stop rule of one restoration.
+
+The per-task defaults (which probe, which rule) are the ones chosen by the study in
+``bench/results/rules.md`` (see the README, "Stopping"). The rule constants come from the
+task: its measurement noise level for the risk rule, its default output.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from oscfast.config import DIPConfig, ProbeName, RuleName, StopConfig
+from oscfast.engine import FitSpec, Watch
+from oscfast.probe import RiskConstants, probed_fraction, risk_constants
+from oscfast.stopping import CapRule, EMVRule, KneeRule, OutputKind, PaperRule, PlateauRule, RiskRule, StopRule, WMVRule
+from oscfast.tasks import Task
+
+__all__ = ["DEFAULT_STOP", "RunPlan", "default_stop", "make_rule", "plan_restoration"]
+
+logger = logging.getLogger(__name__)
+
+#: task name -> (probe, rule) used when the caller names neither
+DEFAULT_STOP: dict[str, tuple[ProbeName, RuleName]] = {
+    "denoise": ("twin", "risk"),
+    "jpeg": ("twin", "risk"),
+    "deblur": ("twin", "risk"),
+    "custom": ("twin", "risk"),
+    "super_resolution": ("none", "plateau"),
+    "inpaint": ("none", "plateau"),
+    "restore_pixels": ("none", "plateau"),
+}
+
+#: rules that read the probe's P
+_NEEDS_PROBE = {"risk", "knee", "paper"}
+
+
+def default_stop(task_name: str) -> tuple[ProbeName, RuleName]:
+    """The (probe, rule) a task gets when the caller names neither."""
+    return DEFAULT_STOP.get(task_name, DEFAULT_STOP["custom"])
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The fits and the driving rule of one restoration.
+
+    Attributes:
+        fits: the DIP fits (one, or two for the twin probe: fit 0 returned, fit 1 probed).
+        watch: the driving rule and the fits it reads.
+        probe: the probe kind.
+        rule: the rule name.
+        noise_level: the measurement noise level the risk rule uses (None for other rules).
+        risk: the risk constants (None for other rules).
+    """
+
+    fits: list[FitSpec]
+    watch: Watch
+    probe: ProbeName
+    rule: RuleName
+    noise_level: float | None
+    risk: RiskConstants | None
+
+
+def make_rule(
+    name: RuleName,
+    *,
+    stop: StopConfig,
+    max_iterations: int,
+    output: OutputKind,
+    risk: RiskConstants | None = None,
+) -> StopRule:
+    """The rule ``name`` with the options of ``stop`` for a run of ``max_iterations``.
+
+    Raises:
+        ValueError: unknown rule, or the risk rule without its constants.
+    """
+    common: dict[str, Any] = {"max_iterations": max_iterations}
+    if name == "risk":
+        if risk is None:
+            raise ValueError("rule 'risk' needs the risk constants (a probe and a noise level)")
+        return RiskRule(
+            risk.weight, risk.offset, smoothing=stop.risk_smoothing, patience_ratio=stop.patience_ratio,
+            min_patience=stop.min_patience, error_scale=1.0 / risk.rho if risk.unbiased else None, **common,
+        )
+    if name == "knee":
+        return KneeRule(
+            half_window=stop.half_window, smoothing=stop.smoothing, patience=stop.patience,
+            significance=stop.significance, min_curvature=stop.min_curvature, output=output, **common,
+        )
+    if name == "paper":
+        return PaperRule(half_window=stop.half_window, output=output, **common)
+    if name == "es-wmv":
+        return WMVRule(patience=stop.es_patience, **common)
+    if name == "es-emv":
+        return EMVRule(patience=stop.es_patience, **common)
+    if name == "plateau":
+        return PlateauRule(level_db=stop.plateau_db, patience=stop.plateau_patience, **common)
+    if name == "cap":
+        return CapRule(output=output, **common)
+    raise ValueError(f"unknown stop rule {name!r}")
+
+
+def plan_restoration(task: Task, config: DIPConfig, stop: StopConfig, *, seed: int) -> RunPlan:
+    """The fits and rule of a restoration of ``task``.
+
+    Raises:
+        ValueError: a rule that needs the probe without one.
+    """
+    default_probe, default_rule = default_stop(task.name)
+    rule: RuleName = stop.rule or default_rule
+    if stop.probe is not None:
+        probe: ProbeName = stop.probe
+    elif stop.rule is None:
+        probe = default_probe
+    elif rule in _NEEDS_PROBE:
+        probe = default_probe if default_probe != "none" else "twin"
+    else:
+        probe = "none"
+    if stop.pseudo_noise_std == 0:
+        probe = "none"
+        if stop.rule is None or rule in _NEEDS_PROBE:
+            if stop.rule is not None:
+                logger.warning("rule %r reads the pseudo-noise, and pseudo_noise_std=0: plain DIP to the cap", rule)
+            rule = "cap"  # plain DIP: no probe, run to the cap
+    if rule in _NEEDS_PROBE and probe == "none":
+        raise ValueError(f"rule {rule!r} reads the pseudo-noise probe: use probe='twin' or 'inline' and pseudo_noise_std > 0")
+    cap = config.max_iterations
+    output = task.default_output
+    if probe == "none":
+        fits = [FitSpec(task, seed)]
+        rule_object = make_rule(rule, stop=stop, max_iterations=cap, output=output)
+        return RunPlan(fits, Watch(rule_object, fit=0), probe, rule, None, None)
+    noise = task.pseudo_noise(stop.pseudo_noise_std, seed=seed + 1000)
+    constants = None
+    noise_level = None
+    if rule == "risk":
+        noise_level = stop.noise_level if stop.noise_level is not None else task.noise_level()
+        constants = risk_constants(
+            probe, noise_level=noise_level, probe_std=stop.pseudo_noise_std,
+            rho=probed_fraction(noise, stop.pseudo_noise_std),
+        )
+    rule_object = make_rule(rule, stop=stop, max_iterations=cap, output=output, risk=constants)
+    if probe == "inline":
+        fits = [FitSpec(task, seed, probe=noise, noisy_target=True)]
+        watch = Watch(rule_object, fit=0, probe=0)
+    else:
+        fits = [FitSpec(task, seed, probe=noise), FitSpec(task, seed, probe=noise, noisy_target=True)]
+        watch = Watch(rule_object, fit=0, probe=1, base=0)
+    return RunPlan(fits, watch, probe, rule, noise_level, constants)
