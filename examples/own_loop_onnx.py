@@ -1,10 +1,11 @@
 """A hand-written Deep Image Prior loop that stops itself with the exported OSC stopper.
 
 No oscfast engine here: a tiny encoder-decoder, Adam and a noisy synthetic image, written
-out in full. The stopping criterion is the exported ONNX graph, run by onnxruntime, plus the
-small pure-Python decision helper ``oscfast.export.StopRule`` (running argmax of the
-curvature, early-minimum guard, patience). oscfast is used for two calls only: writing the
-ONNX file (skipped with ``--stopper``) and the decision helper.
+out in full. The stopping criterion is the exported ONNX graph, run by onnxruntime (P_t and the
+curvature), plus the knee rule's decision, :class:`oscfast.stopping.KneeRule` fed P_t (running
+argmax of the curvature, early-minimum guard, patience; the same object the engine drives).
+oscfast is used for two things only: writing the ONNX file (skipped with ``--stopper``) and the
+decision.
 
 Run it:
 
@@ -26,7 +27,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from oscfast.export import StopRule, export_stopper
+from oscfast.export import export_stopper
+from oscfast.stopping import KneeRule, Signals
 
 
 def synthetic_image(size: int, *, seed: int = 0) -> np.ndarray:
@@ -99,8 +101,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     noise = rng.normal(0, 1 / 25, (1, *clean.shape)).astype(np.float32)
     target = torch.from_numpy(noisy[None] + noise)
 
-    # -- the stopper: an ONNX graph plus the decision helper --------------------------------
-    rule = StopRule(max_iterations=cap, half_window=args.half_window, patience=args.patience)
+    # -- the stopper: an ONNX graph (the per-step math) plus the rule's decision -------------
+    rule = KneeRule(max_iterations=cap, half_window=args.half_window, patience=args.patience, smoothing=args.smoothing)
     half_window = rule.half_window
     with tempfile.TemporaryDirectory() as tmp:
         path = args.stopper or export_stopper(
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             None, {"measured": x, "noise": noise, "window": window, "count": count}
         )
         recent.append(x[0])
-        decision = rule.update(p, p_smooth, kappa)
+        decision = rule.update(Signals.of(t, p=p))  # the rule keeps its own (identical) curvature
         if decision.new_best:
             best_image = recent[0]
         p_curve.append(float(p))
@@ -150,12 +152,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     iterations_run = len(p_curve)
     image = best_image if best_image is not None else recent[-1]  # no knee: the last output
     result: dict[str, object] = {
-        "best_iteration": rule.best_iteration,
-        "stop_iteration": rule.stop_iteration,
+        "best_iteration": rule.decision.iteration,
+        "stop_iteration": rule.decision.stop_iteration,
         "iterations_run": iterations_run,
         "cap": cap,
         "half_window": half_window,
-        "patience": rule.settings.patience,
+        "patience": rule.patience,
         "psnr_noisy": psnr(noisy, clean),
         "psnr_chosen": psnr(image, clean),
         "psnr_max": max(psnr_curve),
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "seconds": seconds,
     }
     if not args.quiet:
-        reason = "knee" if rule.should_stop else "cap"
+        reason = "knee" if rule.decision.should_stop else "cap"
         print(
             f"{size}x{size}, L={half_window}, w={args.smoothing}: stopped at {iterations_run}/{cap} ({reason}), "
             f"chose iteration {result['best_iteration']}\n"

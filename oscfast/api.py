@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,13 +15,14 @@ import torch
 
 from oscfast import io
 from oscfast.config import DIPConfig, ProbeName, RuleName, StopConfig
-from oscfast.engine import EngineOptions, RunRecord, run_fits
+from oscfast.checkpoint import Checkpoint, fingerprint_tensor
+from oscfast.engine import EngineOptions, RunRecord, SyncInfo, run_fits
 from oscfast.metrics import psnr_torch
 from oscfast.plan import RunPlan, plan_restoration
 from oscfast.presets import PRESETS, get_preset
 from oscfast.tasks import TASK_OPTIONS, Task, build_task
 
-__all__ = ["restore", "Restoration", "History", "TASKS", "build_task"]
+__all__ = ["restore", "Restoration", "History", "Progress", "TASKS", "build_task"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +77,8 @@ class Restoration:
         task: the task name.
         rule: the stop rule that decided.
         probe: ``"twin"``, ``"inline"`` or ``"none"``.
-        stop_reason: the rule's name when it fired, ``"cap"`` when the run reached its cap.
+        stop_reason: the rule's name when it fired, ``"cap"`` when the run reached its cap,
+            ``"interrupted"`` when it was cancelled or interrupted (Ctrl-C) first.
         output: which image was returned: ``"ema"`` (exponential average) or ``"raw"``.
         rule_iteration: the iteration the rule chose (None if it chose nothing).
         rule_stop_iteration: iterations seen when the rule fired (None if it never did).
@@ -190,6 +194,11 @@ def restore(
     operator: Callable[[torch.Tensor], torch.Tensor] | None = None,
     output_shape: tuple[int, int, int] | None = None,
     adjoint: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    callback: Callable[[Progress], None] | None = None,
+    cancel: Callable[[], bool] | threading.Event | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: float = 60.0,
+    resume: str | Path | None = None,
 ) -> Restoration:
     """Restore one damaged image with Deep Image Prior and stop automatically.
 
@@ -222,6 +231,16 @@ def restore(
         config, stop_config: full configurations, overriding the preset.
         mask, mask_threshold, keep, keep_known, factor, kernel, blur_sigma, operator,
             output_shape, adjoint: task options (see the README's task table).
+        callback: called at each sync (every ``sync_every`` iterations) with a
+            :class:`Progress` (what the progress bar shows), for an application's own display.
+        cancel: a callable returning True, or a ``threading.Event``: once it says so, the run
+            ends at the next sync and returns the rule's choice so far
+            (``stop_reason="interrupted"``). Ctrl-C (KeyboardInterrupt) does the same.
+        checkpoint: write the run's whole state to this file (atomically) every
+            ``checkpoint_every`` seconds, and at the end.
+        resume: continue the run saved in this checkpoint (refused if it was made with another
+            configuration, image or seed); on a CPU the result is bit-identical to an
+            uninterrupted run.
 
     Returns:
         A :class:`Restoration`.
@@ -237,8 +256,31 @@ def restore(
         raise ValueError(f"unknown stop {stop!r}; expected 'osc' or 'never'")
     if output not in ("auto", "ema", "raw"):
         raise ValueError(f"unknown output {output!r}; expected 'auto', 'ema' or 'raw'")
-    if max_iterations is not None and (isinstance(max_iterations, bool) or int(max_iterations) != max_iterations or max_iterations < 1):
-        raise ValueError(f"max_iterations must be a positive integer, got {max_iterations}")
+    if max_iterations is not None:
+        _check_whole_number(max_iterations, "max_iterations", "a positive integer")
+        if not 1 <= max_iterations <= MAX_ITERATIONS:
+            raise ValueError(f"max_iterations must be an integer in [1, {MAX_ITERATIONS}], got {max_iterations!r}")
+    if config is not None and isinstance(config, DIPConfig) and config.max_iterations > MAX_ITERATIONS:
+        raise ValueError(f"config.max_iterations must be at most {MAX_ITERATIONS}, got {config.max_iterations!r}")
+    _check_whole_number(seed, "seed", f"an integer in [0, {MAX_SEED}]")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    seed = int(seed)
+    for label, value in (("pseudo_noise_std", pseudo_noise_std), ("noise_level", noise_level)):
+        if value is None:
+            continue
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{label} must be a number >= 0, got {type(value).__name__} {value!r}")
+        if not (math.isfinite(value) and 0 <= value <= MAX_NOISE_STD):
+            raise ValueError(
+                f"{label} must be a number in [0, {MAX_NOISE_STD:g}] (a std on the [0, 1] image scale), got {value!r}"
+            )
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda:0' or a torch.device, got {type(device).__name__} {device!r}")
+    if config is not None and not isinstance(config, DIPConfig):
+        raise TypeError(f"config must be a DIPConfig, got {type(config).__name__}")
+    if stop_config is not None and not isinstance(stop_config, StopConfig):
+        raise TypeError(f"stop_config must be a StopConfig, got {type(stop_config).__name__}")
     resolved_device = resolve_device(device)
     observation = io.load_image(image, name="image")
     task_options = dict(
@@ -297,11 +339,41 @@ def restore(
     if reference_tensor is not None:
         target = reference_tensor.to(resolved_device)
         metrics["psnr"] = lambda x: psnr_torch(target, x)
-    record = run_fits(plan.fits, dip, [plan.watch], stop_mode=stop, metrics=metrics, options=options)
+    saver = None
+    if checkpoint is not None or resume is not None:
+        fingerprint = {
+            "oscfast": oscfast_version(), "task": task_name, "observation": fingerprint_tensor(task_object.observation),
+            "config": repr(dip), "stop": repr(stop_settings), "seed": str(seed), "precision": precision,
+            "device": resolved_device.type, "reference": "yes" if reference_tensor is not None else "no",
+        }
+        saver = Checkpoint(Path(checkpoint) if checkpoint is not None else None, every=checkpoint_every,
+                           resume=Path(resume) if resume is not None else None, fingerprint=fingerprint)
+    on_sync = None
+    if callback is not None:
+        on_sync = lambda info: callback(_progress(info, plan))  # noqa: E731
+    record = run_fits(plan.fits, dip, [plan.watch], stop_mode=stop, metrics=metrics, options=options,
+                      on_sync=on_sync, cancel=cancel, checkpoint=saver)
     result = to_restoration(record, plan, task_object, task_name, output, reference_tensor, dip, stop_settings, resolved_device)
     result.engine_options = options
     result.seed = seed
     return result
+
+
+#: the largest seed: the fits derive their generators' seeds from it (seed + 1000, ...)
+MAX_SEED = 2**63 - 1
+#: the largest iteration cap (the published ones are at most a few thousand); the stop rules
+#: keep a float64 history of this length per signal, allocated up front
+MAX_ITERATIONS = 10_000_000
+#: the largest pseudo_noise_std / noise_level (images are in [0, 1]; squares must stay finite)
+MAX_NOISE_STD = 1e6
+
+
+def _check_whole_number(value: Any, name: str, expected: str) -> None:
+    """TypeError unless ``value`` is a number; ValueError unless it is whole (3 or 3.0)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+    if not isinstance(value, numbers.Integral) and not (math.isfinite(value) and float(value).is_integer()):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
 def check_net_fits(config: DIPConfig, height: int, width: int) -> None:
@@ -364,6 +436,7 @@ def to_restoration(
     if error is not None and decision.output == kind:
         estimated = -10.0 * math.log10(max(error, 1e-12))
     fired = decision.should_stop and decision.stop_iteration is not None
+    reason = "interrupted" if record.interrupted else (plan.rule if fired else "cap")
     return Restoration(
         image=image,
         stop_iteration=stop_iteration,
@@ -381,7 +454,7 @@ def to_restoration(
         task=task_name,
         rule=plan.rule,
         probe=plan.probe,
-        stop_reason=plan.rule if fired else "cap",
+        stop_reason=reason,
         output=kind,
         rule_iteration=decision.iteration,
         rule_stop_iteration=decision.stop_iteration,
@@ -397,6 +470,46 @@ def to_restoration(
         stop_config=stop_config,
         task_object=task,
     )
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a restoration shows at each sync (the progress bar's values).
+
+    Attributes:
+        iteration: iterations run so far.
+        loss: the returned fit's newest loss.
+        p: the probe's newest P (P_twin for the twin probe), None without a probe.
+        choice: the iteration the rule would return now (None while it has no choice).
+        rule: the rule's name.
+        stopping: the rule has fired (the run ends at this sync).
+    """
+
+    iteration: int
+    loss: float
+    p: float | None
+    choice: int | None
+    rule: str
+    stopping: bool
+
+
+def _progress(info: SyncInfo, plan: RunPlan) -> Progress:
+    watch = plan.watch
+    p = None
+    if watch.probe is not None and "p" in info.latest:
+        p = float(info.latest["p"][watch.probe] - (info.latest["p"][watch.base] if watch.base is not None else 0.0))
+    decision = info.decisions[0]
+    return Progress(
+        iteration=info.iteration, loss=float(info.latest["loss"][watch.fit]), p=p, choice=decision.iteration,
+        rule=plan.rule, stopping=decision.should_stop,
+    )
+
+
+def oscfast_version() -> str:
+    """The installed oscfast version."""
+    from oscfast import __version__
+
+    return __version__
 
 
 def _cpu_copy(task: Task) -> Task:

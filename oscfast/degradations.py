@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from oscfast.io import _check_fits_in_memory
 from oscfast.operators import BlurOperator, gaussian_kernel
 
 __all__ = [
@@ -40,6 +42,9 @@ Task = Literal["denoise", "jpeg", "super_resolution", "inpaint", "restore_pixels
 #: Not from the DIP paper (which has no deblurring experiment); a common moderate blur.
 DEFAULT_BLUR_SIGMA = 2.0
 
+#: Pillow cannot write a JPEG wider or taller than this.
+_JPEG_MAX_SIDE = 65500
+
 
 # --------------------------------------------------------------------------------------------
 # Validation and 8-bit conversion
@@ -48,10 +53,12 @@ def _check_image(image: object, name: str = "image") -> np.ndarray:
     """Return ``image`` as a float array after checking ndim, dtype and range."""
     if not isinstance(image, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(image).__name__}")
+    image = np.asarray(image)  # np.matrix and other subclasses: a plain array
     if image.ndim not in (2, 3):
         raise ValueError(f"{name} must have shape (H, W) or (H, W, C), got {image.shape}")
     if image.shape[0] == 0 or image.shape[1] == 0 or (image.ndim == 3 and image.shape[2] == 0):
         raise ValueError(f"{name} is empty: shape {image.shape}")
+    _check_fits_in_memory(image.shape, name, bytes_per_element=16)  # float64 work copies
     if not np.issubdtype(image.dtype, np.floating):
         hint = " (divide a uint8 image by 255)" if image.dtype == np.uint8 else ""
         raise TypeError(
@@ -79,6 +86,102 @@ def _check_positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _check_real(value: object, name: str, expected: str) -> float:
+    """``value`` as a finite float; TypeError for a non-number, ValueError for NaN/inf."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number ({expected}), got {type(value).__name__} {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number ({expected}), got {value!r}")
+    return number
+
+
+def _check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def _rng(seed: object) -> np.random.Generator:
+    """``numpy.random.default_rng(seed)``, with an error that names the seed."""
+    if isinstance(seed, (bool, np.bool_)):
+        raise TypeError(f"seed must be a non-negative integer, got {seed!r}")
+    try:
+        return np.random.default_rng(seed)  # type: ignore[arg-type]
+    except TypeError as error:
+        raise TypeError(f"seed must be a non-negative integer, got {type(seed).__name__} {seed!r}") from error
+    except ValueError as error:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}") from error
+
+
+def _max_kernel_side(shape_hw: tuple[int, int]) -> int:
+    """The largest blur kernel side accepted for an image of ``shape_hw``: the Gaussian of
+    sigma = max(H, W), whose support is six times the image."""
+    return 6 * max(shape_hw) + 1
+
+
+def _checked_kernel(kernel: object, shape_hw: tuple[int, int], name: str = "kernel") -> np.ndarray:
+    """A blur kernel (array-like or tensor) as a finite float64 2-D numpy array.
+
+    Raises:
+        TypeError: not an array of real numbers.
+        ValueError: not 2-D, empty, larger than :func:`_max_kernel_side`, or not finite.
+    """
+    if isinstance(kernel, torch.Tensor):
+        if kernel.is_complex():
+            raise TypeError(f"{name} must hold real numbers, got dtype {kernel.dtype}")
+        shape = tuple(kernel.shape)
+    else:
+        if not isinstance(kernel, np.ndarray):
+            if not isinstance(kernel, (list, tuple)):
+                raise TypeError(
+                    f"{name} must be a 2-D numpy array, tensor or nested list, got {type(kernel).__name__}"
+                )
+            try:
+                kernel = np.asarray(kernel)
+            except ValueError as error:
+                raise ValueError(f"{name} must be a rectangular 2-D array: {error}") from None
+        if kernel.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got dtype {kernel.dtype}")
+        shape = kernel.shape
+    if len(shape) != 2 or 0 in shape:
+        raise ValueError(f"{name} must be a non-empty 2-D array, got shape {shape}")
+    limit = _max_kernel_side(shape_hw)
+    if max(shape) > limit:
+        raise ValueError(
+            f"{name} has shape {shape}, larger than {limit} px (6 x the {shape_hw[0]}x{shape_hw[1]} "
+            "image): expected a kernel no larger than the blur it models"
+        )
+    if isinstance(kernel, torch.Tensor):
+        array = kernel.detach().to(device="cpu", dtype=torch.float64).numpy()
+    else:
+        array = np.asarray(kernel, dtype=np.float64)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return array
+
+
+def _checked_gaussian_kernel(sigma: object, shape_hw: tuple[int, int], name: str = "sigma") -> np.ndarray:
+    """The Gaussian kernel of ``sigma`` px, checked to be positive, at most max(H, W) and large
+    enough that the kernel is defined."""
+    value = _check_real(sigma, name, "a blur width in pixels > 0")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0 pixels, got {sigma!r}")
+    if value > max(shape_hw):
+        raise ValueError(
+            f"{name}={sigma!r} is wider than the {shape_hw[0]}x{shape_hw[1]} image; expected "
+            f"0 < {name} <= {max(shape_hw)}"
+        )
+    with np.errstate(all="ignore"):
+        kernel = gaussian_kernel(value)
+    if not np.isfinite(kernel).all():
+        raise ValueError(f"{name}={sigma!r} is too small to sample a Gaussian kernel; expected {name} >= 1e-100")
+    return kernel
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -133,14 +236,19 @@ def add_gaussian_noise(
         ((8, 8, 3), dtype('float32'))
     """
     image = _check_image(image)
-    sigma = float(sigma)
-    if not math.isfinite(sigma) or sigma < 0:
+    sigma = _check_real(sigma, "sigma", "a noise std >= 0")
+    if sigma < 0:
         raise ValueError(f"sigma must be a non-negative finite number, got {sigma!r}")
-    rng = np.random.default_rng(seed)
+    clip = _check_bool(clip, "clip")
+    rng = _rng(seed)
     noisy = image.astype(np.float64) + rng.normal(0.0, sigma, size=image.shape)
     if clip:
         noisy = np.clip(noisy, 0.0, 1.0)
-    return noisy.astype(np.float32)
+    with np.errstate(over="ignore"):
+        out = noisy.astype(np.float32)
+    if not np.isfinite(out).all():
+        raise ValueError(f"sigma={sigma!r} without clipping gives values beyond the float32 range")
+    return out
 
 
 def jpeg_compress(image: np.ndarray, quality: int = 10) -> np.ndarray:
@@ -175,6 +283,10 @@ def jpeg_compress(image: np.ndarray, quality: int = 10) -> np.ndarray:
         raise ValueError(f"quality must be an integer in 1..100, got {quality!r}")
     if image.ndim == 3 and image.shape[2] not in (1, 3):
         raise ValueError(f"JPEG needs 1 or 3 channels, image has shape {image.shape}")
+    if max(image.shape[:2]) > _JPEG_MAX_SIDE:
+        raise ValueError(
+            f"JPEG stores at most {_JPEG_MAX_SIDE} px per side, image has shape {image.shape}"
+        )
     (pil,) = _pil_channels(image)
     buffer = io.BytesIO()
     pil.save(buffer, format="JPEG", quality=int(quality))
@@ -262,6 +374,8 @@ def _check_mask(mask: object, h: int, w: int) -> np.ndarray:
         raise TypeError(f"mask must be a numpy array, got {type(mask).__name__}")
     if mask.ndim not in (2, 3) or mask.shape[:2] != (h, w):
         raise ValueError(f"mask has shape {mask.shape}, image is ({h}, {w}[, C])")
+    if mask.dtype.kind not in "biuf":
+        raise TypeError(f"mask must hold numbers 0 and 1 (bool, integer or float), got dtype {mask.dtype}")
     m = mask.astype(np.float32)
     if not np.all((m == 0) | (m == 1)):
         hint = " (divide a {0, 255} mask by 255)" if m.max() == 255 else ""
@@ -330,11 +444,12 @@ def random_pixel_mask(
         (4, 5, 1)
     """
     h, w = _check_shape_hw(shape_hw)
-    keep = float(keep)
+    keep = _check_real(keep, "keep", "a probability in [0, 1]")
     if not 0.0 <= keep <= 1.0:
         raise ValueError(f"keep must be in [0, 1], got {keep!r}")
     c = _check_positive_int(channels, "channels")
-    rng = np.random.default_rng(seed)
+    _check_fits_in_memory((h, w, c), "mask")
+    rng = _rng(seed)
     return (rng.random((h, w, c)) < keep).astype(np.float32)
 
 
@@ -363,10 +478,11 @@ def text_mask(shape_hw: Sequence[int], *, seed: int = 0, coverage: float = 0.05)
         True
     """
     h, w = _check_shape_hw(shape_hw)
-    coverage = float(coverage)
+    coverage = _check_real(coverage, "coverage", "a fraction in (0, 0.5]")
     if not 0.0 < coverage <= 0.5:
         raise ValueError(f"coverage must be in (0, 0.5], got {coverage!r}")
-    rng = np.random.default_rng(seed)
+    _check_fits_in_memory((h, w), "mask")
+    rng = _rng(seed)
     holes = np.zeros((h, w), dtype=bool)
     glyph_h = max(5, round(min(h, w) / 24))
     glyph_w = max(3, round(0.6 * glyph_h))
@@ -434,8 +550,14 @@ def blur(
     image = _check_image(image)
     if sigma is not None and kernel is not None:
         raise ValueError("give either sigma or kernel, not both")
+    shape_hw = (int(image.shape[0]), int(image.shape[1]))
     if kernel is None:
-        kernel = gaussian_kernel(DEFAULT_BLUR_SIGMA if sigma is None else sigma)
+        if sigma is None:
+            kernel = gaussian_kernel(DEFAULT_BLUR_SIGMA)
+        else:
+            kernel = _checked_gaussian_kernel(sigma, shape_hw, "sigma")
+    else:
+        kernel = _checked_kernel(kernel, shape_hw, "kernel")
     op = BlurOperator(kernel)
     chw = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
     x = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float64))[None]
@@ -497,7 +619,7 @@ def degrade(
         (8, 8, 3)
         >>> y, m = degrade(x, "restore_pixels", keep=0.25, seed=1)
     """
-    if task not in TASKS:
+    if not isinstance(task, str) or task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
     valid = TASKS[task]
     unknown = sorted(set(options) - set(valid))
@@ -528,9 +650,11 @@ def degrade(
             mask = _check_mask(mask, h, w)
         return apply_mask(image, mask), mask
     # restore_pixels
-    mask = random_pixel_mask(
-        (h, w), options.get("keep", 0.5), seed=seed, channels=options.get("channels", 1)
-    )
-    if image.ndim == 2 and mask.shape[2] != 1:
-        raise ValueError(f"channels must be 1 for a grayscale image, got {mask.shape[2]}")
+    channels = _check_positive_int(options.get("channels", 1), "channels")
+    image_channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels not in (1, image_channels):
+        if image.ndim == 2:
+            raise ValueError(f"channels must be 1 for a grayscale image, got {channels}")
+        raise ValueError(f"channels must be 1 or {image_channels} for an image of {image_channels} channels, got {channels}")
+    mask = random_pixel_mask((h, w), options.get("keep", 0.5), seed=seed, channels=channels)
     return apply_mask(image, mask), mask

@@ -20,6 +20,7 @@ import contextlib
 import copy
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from oscfast.checkpoint import Checkpoint
 from oscfast.config import DIPConfig
 from oscfast.fits import StackedAdam, StackedGenerators, Strategy
 from oscfast.memory import check_memory, estimate_run_bytes
@@ -37,7 +39,9 @@ from oscfast.stopping import Decision, Signals, StopRule
 from oscfast.tasks import Task
 
 __all__ = [
+    "BatchRun",
     "CanvasGeometry",
+    "Group",
     "EngineOptions",
     "FitSpec",
     "GeneratorSnapshot",
@@ -184,6 +188,7 @@ class RunRecord:
         traces: signal name -> (K, iterations_run) values per fit.
         seconds: wall time of the loop.
         rules: the watches' rules after the run (their scores and histories).
+        interrupted: the run was cancelled or interrupted before its rule fired.
     """
 
     decisions: list[Decision]
@@ -196,6 +201,7 @@ class RunRecord:
     seconds: float
     rules: list[StopRule]
     generator_snapshot: GeneratorSnapshot | None = None
+    interrupted: bool = False
 
     @property
     def decision(self) -> Decision:
@@ -238,6 +244,16 @@ def _on_device(task: Task, device: torch.device) -> Task:
     return copy.deepcopy(task).to(device)
 
 
+def _copy_buffers(source: Task, target: Task) -> None:
+    """Copy a task's tensors into another task of the same kind and shapes, in place."""
+    pairs = list(zip(source.buffers(), target.buffers()))
+    if type(source) is not type(target) or len(pairs) != len(list(target.buffers())) or any(a.shape != b.shape for a, b in pairs):
+        raise ValueError(f"a captured slot holds a {type(target).__name__}; the new task must have the same kind and shapes")
+    with torch.no_grad():
+        for a, b in pairs:
+            b.copy_(a)
+
+
 def _stack(values: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([value.reshape(()) for value in values])
 
@@ -257,6 +273,7 @@ class _DeviceState:
     ) -> None:
         device = options.device
         self.device = device
+        self.config = config
         moved: dict[int, Task] = {}
         self.tasks = [moved.setdefault(id(fit.task), _on_device(fit.task, device)) for fit in fits]
         self.num_fits = k = len(fits)
@@ -420,6 +437,67 @@ class _DeviceState:
         self._put(self.change_ring, self.change_lag, self.ema)
         return torch.where(self.t >= self.change_lag, change, torch.full_like(change, math.nan))
 
+    # -- slots ------------------------------------------------------------------------------
+    def load_fit(self, k: int, fit: FitSpec, config: DIPConfig) -> None:
+        """Start a new fit in slot ``k``: its task, initial weights, input, reg-noise stream,
+        probe and target; a fresh Adam, average, trace and windows. A captured graph keeps
+        reading the slot's tensors, so everything is copied in place."""
+        task = _on_device(fit.task, self.device)
+        if task.output_shape != self.tasks[k].output_shape:
+            raise ValueError(f"slot {k} holds {self.tasks[k].output_shape} images, the new fit has {task.output_shape}")
+        if self.host_t is None:  # a captured graph reads the old task's tensors: refill them
+            _copy_buffers(task, self.tasks[k])
+        else:
+            self.tasks[k] = task
+        self.generators.reset_slot(k, fit.seed)
+        self.optimizer.reset_slot(k)
+        g = self.geometry
+        with torch.no_grad():
+            self.z[k].copy_(make_input(self.config, g.height, g.width, seed=fit.seed + 1)[0])
+            self.rngs[k].manual_seed(fit.seed + 2)
+            noise = fit.probe.to(self.device) if fit.probe is not None else None
+            if (noise is None) != (self.noises[k] is None) and self.host_t is None:
+                raise ValueError("a captured slot cannot switch between probed and unprobed fits")
+            if noise is not None and self.noises[k] is not None:
+                self.noises[k].copy_(noise)
+            else:
+                self.noises[k] = noise
+            energy = float(noise.double().pow(2).sum()) if noise is not None else 0.0
+            self.inv_energies[k] = 1.0 / energy if energy > 0 else 0.0
+            self.targets[k].copy_(self.tasks[k].observation + noise if fit.noisy_target else self.tasks[k].observation)
+            self.ema[k].zero_()
+            self.t[k] = 0
+            self.trace[k].fill_(math.nan)
+            for name in ("wmv_ring", "change_ring"):
+                if hasattr(self, name):
+                    getattr(self, name)[:, k].zero_()
+            for name in ("wmv_sum", "wmv_sumsq", "emv_mean"):
+                if hasattr(self, name):
+                    getattr(self, name)[k].zero_()
+        if self.host_t is not None:
+            self.host_t[k] = 0
+
+    def state_dict(self) -> dict[str, object]:
+        """Everything a resumed run needs to continue bit for bit (CPU)."""
+        return {
+            "tensors": [tensor.detach().cpu().clone() for tensor in self.mutable_tensors()],
+            "rngs": [rng.get_state() for rng in self.rngs],
+            "host_t": list(self.host_t) if self.host_t is not None else None,
+        }
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        tensors = list(self.mutable_tensors())
+        saved = state["tensors"]
+        if len(saved) != len(tensors) or any(a.shape != b.shape for a, b in zip(saved, tensors)):
+            raise ValueError("the checkpoint's tensors do not match this run's")
+        with torch.no_grad():
+            for tensor, value in zip(tensors, saved):
+                tensor.copy_(value)
+        for rng, value in zip(self.rngs, state["rngs"]):
+            rng.set_state(value)
+        if self.host_t is not None:
+            self.host_t = list(state["host_t"])
+
     # -- host-side helpers -------------------------------------------------------------------
     def images_at(self, fit: int, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw and averaged output of ``fit`` at ``iteration`` (still in the ring)."""
@@ -474,6 +552,286 @@ def _signals_for(watch: Watch, chunk: dict[str, np.ndarray]) -> Signals:
     return values
 
 
+@dataclass
+class Group:
+    """The fits of one restoration inside a batched run, and its rule.
+
+    Attributes:
+        slots: the slot index of each of its fits (``fits[i]`` runs in ``slots[i]``).
+        watches: its rules; fit indices are the group's own (0 .. len(slots) - 1).
+        driver: the watch whose decision ends the group and picks its image.
+        tag: the caller's identifier.
+    """
+
+    slots: list[int]
+    watches: list[Watch]
+    driver: int = 0
+    tag: object = None
+    done: int = 0
+    best_raw: torch.Tensor | None = None
+    best_ema: torch.Tensor | None = None
+    finished: bool = False
+    interrupted: bool = False
+
+    @property
+    def leader(self) -> Watch:
+        """The driving watch."""
+        return self.watches[self.driver]
+
+    def slot(self, index: int | None) -> int | None:
+        """The slot of the group's fit ``index``."""
+        return None if index is None else self.slots[index]
+
+
+def _signal_names(watches: Sequence[Watch], extra: Sequence[str]) -> list[str]:
+    unknown = set(extra) - set(ENGINE_SIGNALS)
+    if unknown:
+        raise ValueError(f"unknown signals {sorted(unknown)}; the engine computes {ENGINE_SIGNALS}")
+    return [name for name in ENGINE_SIGNALS if name == "loss" or any(name in w.rule.needs for w in watches) or name in extra]
+
+
+def _check_group(fits: Sequence[FitSpec], watches: Sequence[Watch], driver: int, cap: int) -> None:
+    if not fits:
+        raise ValueError("need at least one fit")
+    if not 0 <= driver < len(watches):
+        raise ValueError(f"driver {driver} is not a watch index (have {len(watches)})")
+    for watch in watches:
+        for index in (watch.fit, watch.probe, watch.base):
+            if index is not None and not 0 <= index < len(fits):
+                raise ValueError(f"watch {watch.label!r} names fit {index}, there are {len(fits)}")
+        if watch.rule.max_iterations < cap:
+            raise ValueError(f"rule {watch.label!r} holds {watch.rule.max_iterations} iterations, the cap is {cap}")
+
+
+class BatchRun:
+    """K fits stepped together, grouped into restorations that each end on their own rule.
+
+    :func:`run_fits` (one group) and :func:`oscfast.many.restore_many` (a queue of groups
+    refilling the slots that finish) both drive this loop.
+
+    Args:
+        groups: the initial groups with their fits; slots are numbered in order.
+        config: the DIP configuration (one network and one cap for all).
+        metrics: see :func:`run_fits`.
+        extra_signals: see :func:`run_fits`.
+        options: engine options.
+        ring_size: recent outputs kept per fit (default: the largest driver lag + a sync).
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[tuple[Sequence[FitSpec], Sequence[Watch], int, object]],
+        config: DIPConfig,
+        *,
+        metrics: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+        extra_signals: Sequence[str] = (),
+        options: EngineOptions | None = None,
+        ring_size: int | None = None,
+        signals: Sequence[str] | None = None,
+    ) -> None:
+        self.options = options = options or EngineOptions()
+        self.config = config
+        cap = config.max_iterations
+        fits: list[FitSpec] = []
+        self.groups: list[Group] = []
+        for group_fits, watches, driver, tag in groups:
+            _check_group(group_fits, watches, driver, cap)
+            slots = list(range(len(fits), len(fits) + len(group_fits)))
+            fits.extend(group_fits)
+            self.groups.append(Group(slots, list(watches), driver, tag))
+        shapes = {fit.task.output_shape for fit in fits}
+        if len(shapes) > 1:
+            raise ValueError(f"all fits must have one output shape, got {sorted(shapes)}")
+        all_watches = [w for g in self.groups for w in g.watches]
+        self.signals = list(signals) if signals is not None else _signal_names(all_watches, extra_signals)
+        self.metrics = dict(metrics or {})
+        if ring_size is None:
+            ring_size = max(g.leader.rule.lag for g in self.groups) + options.sync_every + 1
+        self.ring_size = ring_size
+        if options.check_memory:
+            check_memory(
+                estimate_run_bytes(fits[0].task.output_shape, config, ring_size=ring_size, num_fits=len(fits),
+                                   window=options.wmv_window if "wmv" in self.signals else 0,
+                                   change_lag=options.change_lag if "change" in self.signals else 0),
+                options.device,
+            )
+        self.state = _DeviceState(fits, config, signals=self.signals, metrics=self.metrics, ring_size=ring_size, options=options)
+        self.seconds = 0.0
+        self.steps = 0
+        #: False while a step block runs: a state_dict taken then (after Ctrl-C) would not resume
+        self.consistent = True
+        self._graph: torch.cuda.CUDAGraph | None = None
+
+    # -- slots ------------------------------------------------------------------------------
+    def replace_group(self, index: int, fits: Sequence[FitSpec], watches: Sequence[Watch], driver: int = 0, tag: object = None) -> None:
+        """Start a new restoration in the slots of finished group ``index``."""
+        old = self.groups[index]
+        if not old.finished:
+            raise ValueError(f"group {index} is still running")
+        if len(fits) != len(old.slots):
+            raise ValueError(f"group {index} has {len(old.slots)} slots, the new one needs {len(fits)}")
+        _check_group(fits, watches, driver, self.config.max_iterations)
+        missing = set().union(*(w.rule.needs for w in watches)) & set(ENGINE_SIGNALS) - set(self.signals)
+        if missing:
+            raise ValueError(f"this run does not compute the signals {sorted(missing)}")
+        for slot, fit in zip(old.slots, fits):
+            self.state.load_fit(slot, fit, self.config)
+        self.groups[index] = Group(list(old.slots), list(watches), driver, tag)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(
+        self,
+        *,
+        stop_mode: StopMode = "osc",
+        cancel: Callable[[], bool] | threading.Event | None = None,
+        on_sync: Callable[[SyncInfo], None] | None = None,
+        on_group_done: Callable[[int, Group], None] | None = None,
+        checkpoint: Callable[[BatchRun], None] | None = None,
+    ) -> None:
+        """Step until every group has finished (its driver fired, or its cap).
+
+        ``on_group_done(index, group)`` may call :meth:`replace_group` to refill the slots;
+        ``cancel`` (a callable or an Event) and Ctrl-C end every group at the next sync with its
+        current choice (``group.interrupted``); ``checkpoint(self)`` is called after each sync.
+        """
+        options, state = self.options, self.state
+        cap = self.config.max_iterations
+        device = options.device
+        flags = (
+            torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False, allow_tf32=True)
+            if device.type == "cuda"
+            else contextlib.nullcontext()
+        )
+        start = time.perf_counter()
+        total = sum(1 for g in self.groups if not g.finished) * cap
+        bar = tqdm(total=total, disable=not options.progress, unit="it", leave=False)
+        try:
+            with flags:
+                if options.use_cuda_graph and self._graph is None:
+                    self._graph = _capture_cuda_graph(state)
+                run_step = self._graph.replay if self._graph is not None else state.step
+                while any(not g.finished for g in self.groups):
+                    count = min(options.sync_every, *(cap - g.done for g in self.groups if not g.finished))
+                    try:
+                        self.consistent = False  # the device runs ahead of the host's counters
+                        for _ in range(count):
+                            run_step()
+                        self.consistent = True
+                        self.steps += count
+                        self._sync(count, stop_mode, bar, on_sync, on_group_done)
+                        if checkpoint is not None:
+                            checkpoint(self)
+                        cancelled = cancel is not None and (cancel.is_set() if isinstance(cancel, threading.Event) else cancel())
+                    except KeyboardInterrupt:
+                        cancelled = True
+                    if cancelled:
+                        self._interrupt()
+                        break
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+        finally:
+            bar.close()
+            self.seconds += time.perf_counter() - start
+
+    def _interrupt(self) -> None:
+        for index, group in enumerate(self.groups):
+            if not group.finished:
+                group.finished = group.interrupted = True
+                if group.best_raw is None:
+                    group.best_raw, group.best_ema = self.state.images_at(group.slot(group.leader.fit), max(group.done - 1, 0))
+        logger.warning("interrupted: returning the best image so far")
+
+    def _sync(self, count: int, stop_mode: StopMode, bar: tqdm, on_sync, on_group_done) -> None:
+        state = self.state
+        # one transfer per sync: everything the rules and the progress bar read
+        names = state.trace_names
+        for index, group in enumerate(self.groups):
+            if group.finished:
+                continue
+            first, group.done = group.done, group.done + count
+            block = state.trace[group.slots, :, first : group.done].cpu().double().numpy()
+            chunk = {name: block[:, i] for i, name in enumerate(names)}
+            for w, watch in enumerate(group.watches):
+                frozen = watch.rule.decision.should_stop
+                decision = watch.rule.update(Signals(first, _signals_for(watch, chunk)))
+                if w == group.driver and decision.new_best and not frozen:
+                    group.best_raw, group.best_ema = state.images_at(group.slot(watch.fit), decision.iteration)
+            lead = group.leader.rule.decision
+            if self.options.progress:
+                bar.update(count)
+                postfix = {"loss": f"{chunk['loss'][group.leader.fit, -1]:.2e}", "rule": group.leader.label}
+                if lead.iteration is not None:
+                    postfix["choice"] = lead.iteration
+                bar.set_postfix(postfix, refresh=False)
+            if on_sync is not None:
+                slots = group.slots
+                on_sync(SyncInfo(
+                    iteration=group.done,
+                    decisions=tuple(w.rule.decision for w in group.watches),
+                    latest={name: values[:, -1] for name, values in chunk.items()},
+                    images=lambda slots=slots, t=group.done: {
+                        "raw": state.ring_raw[(t - 1) % self.ring_size, slots].clone(), "ema": state.ema[slots].clone(),
+                    },
+                ))
+            if (stop_mode == "osc" and lead.should_stop) or group.done >= self.config.max_iterations:
+                group.finished = True
+                if lead.iteration is None or group.best_raw is None:
+                    logger.info("rule %r chose nothing in %d iterations: the last iterate", group.leader.label, group.done)
+                    group.best_raw, group.best_ema = state.images_at(group.slot(group.leader.fit), group.done - 1)
+                if on_group_done is not None:
+                    on_group_done(index, group)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, object]:
+        """The whole run's state: device tensors, RNG states, groups and their rules."""
+        return {
+            "device": self.state.state_dict(),
+            "groups": [
+                # an interrupted group goes on when resumed
+                {"done": g.done, "finished": g.finished and not g.interrupted, "rules": [w.rule.state_dict() for w in g.watches],
+                 "best_raw": g.best_raw, "best_ema": g.best_ema}
+                for g in self.groups
+            ],
+            "steps": self.steps,
+            "seconds": self.seconds,
+        }
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Continue from :meth:`state_dict`."""
+        groups = state["groups"]
+        if len(groups) != len(self.groups):
+            raise ValueError("the checkpoint has another number of restorations")
+        self.state.load_state_dict(state["device"])
+        for group, saved in zip(self.groups, groups):
+            group.done, group.finished = saved["done"], saved["finished"]
+            group.best_raw, group.best_ema = saved["best_raw"], saved["best_ema"]
+            for watch, rule_state in zip(group.watches, saved["rules"]):
+                watch.rule.load_state_dict(rule_state)
+        self.steps, self.seconds = state["steps"], state["seconds"]
+
+    # -- results -----------------------------------------------------------------------------
+    def record(self, index: int = 0) -> RunRecord:
+        """The :class:`RunRecord` of group ``index`` (its slots' traces, its rules' decisions)."""
+        group = self.groups[index]
+        state = self.state
+        done = group.done
+        traces = state.trace[group.slots, :, :done].cpu().double().numpy()
+        last = state.ring_raw[(done - 1) % self.ring_size, group.slots].detach().cpu().clone()
+        assert group.best_raw is not None and group.best_ema is not None
+        return RunRecord(
+            decisions=[w.rule.decision for w in group.watches],
+            driver=group.driver,
+            iterations_run=done,
+            raw_image=group.best_raw.detach().cpu(),
+            ema_image=group.best_ema.detach().cpu(),
+            last_images=last,
+            traces={name: traces[:, i] for i, name in enumerate(state.trace_names)},
+            seconds=self.seconds,
+            rules=[w.rule for w in group.watches],
+            interrupted=group.interrupted,
+        )
+
+
 def run_fits(
     fits: Sequence[FitSpec],
     config: DIPConfig,
@@ -485,6 +843,8 @@ def run_fits(
     extra_signals: Sequence[str] = (),
     options: EngineOptions | None = None,
     on_sync: Callable[[SyncInfo], None] | None = None,
+    cancel: Callable[[], bool] | threading.Event | None = None,
+    checkpoint: Checkpoint | None = None,
     snapshot_iteration: int | None = None,
 ) -> RunRecord:
     """Run K DIP fits in one batched step until the driving rule stops (or the cap).
@@ -501,6 +861,10 @@ def run_fits(
         extra_signals: signals to record although no rule reads them.
         options: device, precision, sync interval.
         on_sync: called on the host after each read of the device buffers.
+        cancel: a callable returning True, or a ``threading.Event``: when it says so (checked at
+            each sync), the run ends and returns the driving rule's choice so far
+            (``RunRecord.interrupted``); Ctrl-C does the same.
+        checkpoint: write (and resume from) checkpoints (:class:`Checkpoint`).
         snapshot_iteration: keep the driving fit's generator and perturbed input of this
             iteration in ``RunRecord.generator_snapshot``; runs eagerly and ends after it.
 
@@ -510,111 +874,22 @@ def run_fits(
     options = options or EngineOptions()
     if stop_mode not in ("osc", "never"):
         raise ValueError(f"unknown stop mode {stop_mode!r}; expected 'osc' or 'never'")
-    if not fits:
-        raise ValueError("need at least one fit")
-    if not 0 <= driver < len(watches):
-        raise ValueError(f"driver {driver} is not a watch index (have {len(watches)})")
-    shapes = {fit.task.output_shape for fit in fits}
-    if len(shapes) > 1:
-        raise ValueError(f"all fits must have one output shape, got {sorted(shapes)}")
-    for watch in watches:
-        for index in (watch.fit, watch.probe, watch.base):
-            if index is not None and not 0 <= index < len(fits):
-                raise ValueError(f"watch {watch.label!r} names fit {index}, there are {len(fits)}")
-        if watch.rule.max_iterations < config.max_iterations:
-            raise ValueError(f"rule {watch.label!r} holds {watch.rule.max_iterations} iterations, the cap is {config.max_iterations}")
-    cap = config.max_iterations
-    signals = [name for name in ENGINE_SIGNALS if name == "loss" or any(name in w.rule.needs for w in watches) or name in extra_signals]
-    unknown = set(extra_signals) - set(ENGINE_SIGNALS)
-    if unknown:
-        raise ValueError(f"unknown signals {sorted(unknown)}; the engine computes {ENGINE_SIGNALS}")
-    metrics = dict(metrics or {})
-    sync_every = options.sync_every
-    leader = watches[driver]
-    ring_size = leader.rule.lag + sync_every + 1
-    device = options.device
-    if options.check_memory:
-        check_memory(
-            estimate_run_bytes(fits[0].task.output_shape, config, ring_size=ring_size, num_fits=len(fits),
-                               window=options.wmv_window if "wmv" in signals else 0,
-                               change_lag=options.change_lag if "change" in signals else 0),
-            device,
-        )
-    state = _DeviceState(fits, config, signals=signals, metrics=metrics, ring_size=ring_size, options=options)
-    rules = [watch.rule for watch in watches]
-    best_raw, best_ema = state.images_at(leader.fit, 0)
-
-    flags = (
-        torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False, allow_tf32=True)
-        if device.type == "cuda"
-        else contextlib.nullcontext()
-    )
-    start = time.perf_counter()
-    with flags:
-        if snapshot_iteration is not None:
-            return _run_to_snapshot(state, leader.fit, snapshot_iteration, rules, driver)
-        graph = _capture_cuda_graph(state) if options.use_cuda_graph else None
-        run_step = graph.replay if graph is not None else state.step
-        done = 0
-        bar = tqdm(total=cap, disable=not options.progress, unit="it", leave=False)
-        try:
-            while done < cap:
-                count = min(sync_every, cap - done)
-                for _ in range(count):
-                    run_step()
-                first, done = done, done + count
-                # one transfer per sync: everything the rules and the progress bar read
-                block = state.trace[:, :, first:done].cpu().double().numpy()
-                chunk = {name: block[:, i] for i, name in enumerate(state.trace_names)}
-                for index, watch in enumerate(watches):
-                    frozen = watch.rule.decision.should_stop
-                    decision = watch.rule.update(Signals(first, _signals_for(watch, chunk)))
-                    if index == driver and decision.new_best and not frozen:
-                        best_raw, best_ema = state.images_at(watch.fit, decision.iteration)
-                lead = rules[driver].decision
-                if options.progress:
-                    bar.update(count)
-                    postfix = {"loss": f"{chunk['loss'][leader.fit, -1]:.2e}", "rule": leader.label}
-                    if lead.iteration is not None:
-                        postfix["choice"] = lead.iteration
-                    bar.set_postfix(postfix, refresh=False)
-                if on_sync is not None:
-                    on_sync(SyncInfo(
-                        iteration=done,
-                        decisions=tuple(rule.decision for rule in rules),
-                        latest={name: values[:, -1] for name, values in chunk.items()},
-                        images=lambda: {"raw": state.ring_raw[(done - 1) % ring_size].clone(), "ema": state.ema.clone()},
-                    ))
-                if stop_mode == "osc" and lead.should_stop:
-                    break
-        finally:
-            bar.close()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-
-    last_slot = (done - 1) % ring_size
-    if rules[driver].decision.iteration is None:
-        logger.info("rule %r chose nothing in %d iterations: returning the last iterate", leader.label, done)
-        best_raw, best_ema = state.images_at(leader.fit, done - 1)
-    traces = state.trace[:, :, :done].cpu().double().numpy()
-    return RunRecord(
-        decisions=[rule.decision for rule in rules],
-        driver=driver,
-        iterations_run=done,
-        raw_image=best_raw.detach().cpu(),
-        ema_image=best_ema.detach().cpu(),
-        last_images=state.ring_raw[last_slot].detach().cpu().clone(),
-        traces={name: traces[:, i] for i, name in enumerate(state.trace_names)},
-        seconds=seconds,
-        rules=rules,
-    )
+    run = BatchRun([(fits, watches, driver, None)], config, metrics=metrics, extra_signals=extra_signals, options=options)
+    if snapshot_iteration is not None:
+        return _run_to_snapshot(run, watches[driver].fit, snapshot_iteration)
+    if checkpoint is not None:
+        checkpoint.restore(run)
+    run.run(stop_mode=stop_mode, cancel=cancel, on_sync=on_sync, checkpoint=checkpoint)
+    if checkpoint is not None and run.consistent:
+        checkpoint.finish(run)
+    return run.record(0)
 
 
-def _run_to_snapshot(state: _DeviceState, fit: int, iteration: int, rules: list[StopRule], driver: int) -> RunRecord:
+def _run_to_snapshot(run: BatchRun, fit: int, iteration: int) -> RunRecord:
     """Run eagerly up to ``iteration`` and keep the generator that produced its output."""
     if iteration < 0:
         raise ValueError(f"snapshot_iteration must be >= 0, got {iteration}")
+    state = run.state
     start = time.perf_counter()
     for _ in range(iteration):
         state.step()
@@ -632,5 +907,5 @@ def _run_to_snapshot(state: _DeviceState, fit: int, iteration: int, rules: list[
         decisions=[Decision(iteration=iteration)], driver=0, iterations_run=done, raw_image=raw.cpu(),
         ema_image=ema.cpu(), last_images=state.ring_raw[iteration % state.ring_size].cpu().clone(),
         traces={name: traces[:, i] for i, name in enumerate(state.trace_names)},
-        seconds=time.perf_counter() - start, rules=rules, generator_snapshot=snapshot,
+        seconds=time.perf_counter() - start, rules=[w.rule for w in run.groups[0].watches], generator_snapshot=snapshot,
     )

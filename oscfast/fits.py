@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Sequence
 from typing import Literal
 
@@ -53,10 +54,16 @@ def without_running_stats(net: nn.Module) -> nn.Module:
     return net
 
 
+#: PyTorch's default initialisation draws from the global CPU generator: two threads building
+#: nets at once would interleave their draws, so building is serialised (the generator's state
+#: is forked and restored around it, so the caller's random state is not touched either)
+_INIT_LOCK = threading.Lock()
+
+
 def initial_net(spec: NetSpec, output_channels: int, seed: int) -> nn.Module:
     """The generator of a fit with ``seed``: PyTorch default init drawn from ``seed`` on the
     CPU (the same weights on every device), BatchNorm on batch statistics."""
-    with torch.random.fork_rng(devices=[]):
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build_net(spec, output_channels)
     return without_running_stats(net).train()

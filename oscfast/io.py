@@ -121,6 +121,8 @@ def load_image(source: ImageSource, *, name: str = "image") -> np.ndarray:
         ValueError: the file cannot be decoded; the array is empty, has the wrong number of
             dimensions, more than 4 channels, a channels-first numpy layout, NaN or infinite
             values, or float values outside ``[0, 1]``; a tensor holds a batch of several images.
+            :class:`oscfast.TooLargeError` (a ``ValueError``) when converting it would not fit
+            in the free memory.
         TypeError: ``source`` is of an unsupported type, or its dtype is not accepted.
 
     Example:
@@ -130,6 +132,8 @@ def load_image(source: ImageSource, *, name: str = "image") -> np.ndarray:
         ((4, 6, 3), dtype('float32'), 1.0)
     """
     if isinstance(source, (str, os.PathLike)):
+        if not os.fspath(source):
+            raise ValueError(f"{name} path is empty; expected the path of an image file")
         return _to_float_image(_read_file(Path(source).expanduser()), name)
     if isinstance(source, Image.Image):
         return _to_float_image(_pil_to_array(source), name)
@@ -410,6 +414,10 @@ def _tensor_to_hwc_array(tensor: Any, name: str) -> np.ndarray:
     import torch
 
     shape = tuple(tensor.shape)
+    if tensor.layout != torch.strided:
+        raise TypeError(f"{name} is a {tensor.layout} tensor; expected a dense tensor (x.to_dense())")
+    if tensor.is_meta:
+        raise ValueError(f"{name} is a tensor on the meta device, which holds no data")
     _check_not_empty(shape, name)
     if tensor.ndim == 4:
         if shape[0] != 1:
@@ -425,6 +433,7 @@ def _tensor_to_hwc_array(tensor: Any, name: str) -> np.ndarray:
             f"expected {name} of shape HxW, CxHxW or 1xCxHxW for a torch tensor, got shape {shape}"
         )
     channels, last = tensor.shape[0], tensor.shape[2]
+    _check_fits_in_memory(shape, name)
     if channels > 4:
         if last <= 4:
             raise ValueError(
@@ -564,9 +573,42 @@ def _check_not_empty(shape: tuple[int, ...], name: str) -> None:
         raise ValueError(f"{name} is empty: shape {shape}")
 
 
+# Below this many bytes an array is converted without asking the system for its free memory.
+_MEMORY_CHECK_BYTES = 1 << 28
+
+
+def _check_fits_in_memory(shape: tuple[int, ...], name: str, *, bytes_per_element: int = 8) -> None:
+    """Raise :class:`oscfast.TooLargeError` before converting an array of ``shape`` that would
+    not fit in the free memory (an array can declare a huge shape over little real memory,
+    e.g. ``np.broadcast_to``)."""
+    elements = 1
+    for side in shape:
+        elements *= int(side)
+    needed = elements * bytes_per_element
+    if needed <= _MEMORY_CHECK_BYTES:
+        return
+    import torch
+
+    from oscfast.memory import TooLargeError, available_bytes
+
+    free = available_bytes(torch.device("cpu"))
+    if needed > 0.9 * free:
+        raise TooLargeError(
+            f"{name} of shape {tuple(shape)} is too large for memory: converting it needs about "
+            f"{needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB are free; use a smaller image"
+        )
+
+
 def _to_float_image(array: np.ndarray, name: str, *, drop_alpha: bool = True) -> np.ndarray:
     """Scale an HxWxC array (C <= 4) to float32 in [0, 1] and drop alpha."""
     _check_not_empty(array.shape, name)
+    if array.ndim != 3 or not 1 <= array.shape[2] <= 4:
+        # numpy and tensor input is checked before; this catches files read by tifffile
+        raise ValueError(
+            f"{name} has shape {tuple(array.shape)}; expected HxWxC with 1 to 4 channels "
+            "(grey, grey + alpha, RGB or RGBA)"
+        )
+    _check_fits_in_memory(array.shape, name)
     dtype = array.dtype
     if dtype == np.uint8:
         image = array.astype(np.float32) / np.float32(255)

@@ -5,6 +5,8 @@ and ``task.finalize``: a new task is a new subclass, never a change to the engin
 """
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -131,10 +133,14 @@ class SuperResolution(Task):
     name = "super_resolution"
 
     def __init__(self, observation: torch.Tensor, factor: int = 4) -> None:
-        if int(factor) != factor or factor < 2:
-            raise ValueError(f"factor must be an integer >= 2, got {factor}")
-        factor = int(factor)
+        factor = _integer_option(factor, "factor", 2)
         height, width = observation.shape[-2:]
+        # the output canvas (float32) and the Lanczos kernel (float64, (4 factor)^2 taps)
+        _check_allocation(
+            4 * observation.shape[1] * height * width * factor**2 + 8 * (4 * factor) ** 2,
+            f"super-resolution x{factor} of a {height}x{width} image "
+            f"(a {height * factor}x{width * factor} output)",
+        )
         super().__init__(observation, (height * factor, width * factor))
         self.factor = factor
         self.downsampler = operators.LanczosDownsampler(factor, observation.shape[1])
@@ -232,15 +238,44 @@ class CustomOperator(Task):
         output_shape: tuple[int, int, int],
         adjoint: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
+        output_shape = _output_shape_option(output_shape)
+        if not callable(operator):
+            raise TypeError(f"operator must be a callable x -> A(x), got {type(operator).__name__}")
+        if adjoint is not None and not callable(adjoint):
+            raise TypeError(f"adjoint must be a callable y -> A^T(y) or None, got {type(adjoint).__name__}")
+        _check_allocation(4 * math.prod(output_shape), f"an output of shape {output_shape}")
         super().__init__(observation, (output_shape[1], output_shape[2]))
         self._image_channels = int(output_shape[0])
         self.operator = operator
         self._adjoint = adjoint
-        probe = operator(torch.zeros((1, *output_shape), device=observation.device))
+        # one call on a mid-grey image: the operator must run, return a real tensor of the
+        # observation's shape, stay finite and let gradients through (DIP fits through it)
+        test_shape = (1, *output_shape)
+        with torch.enable_grad():
+            x = torch.full(test_shape, 0.5, device=observation.device, requires_grad=True).clone()
+            try:
+                probe = operator(x)
+            except Exception as error:  # noqa: BLE001 - any failure of the user's callable
+                raise ValueError(
+                    f"operator raised {type(error).__name__} on a {test_shape} test image: {error}"
+                ) from error
+        if not isinstance(probe, torch.Tensor):
+            raise TypeError(
+                f"operator must return a torch tensor, got {type(probe).__name__} for a {test_shape} image"
+            )
+        if not probe.is_floating_point():
+            raise TypeError(f"operator must return a real floating-point tensor, got dtype {probe.dtype}")
         if tuple(probe.shape) != tuple(observation.shape):
             raise ValueError(
                 f"operator maps a {tuple(output_shape)} image to {tuple(probe.shape)}, "
                 f"but the observation has shape {tuple(observation.shape)}"
+            )
+        if not bool(torch.isfinite(probe.detach()).all()):
+            raise ValueError(f"operator returned NaN or infinite values for a mid-grey {test_shape} image")
+        if not probe.requires_grad:
+            raise ValueError(
+                "operator output carries no gradient to its input: DIP fits the image through A, so "
+                "A must be differentiable torch code (no .detach(), numpy round trip or integer cast)"
             )
 
     @property
@@ -280,6 +315,9 @@ def load_mask(mask: Any, shape_hw: tuple[int, int], threshold: float = 0.5) -> t
     """
     if mask is None:
         raise ValueError("this task needs mask= (path or array; 1 = known pixel, 0 = hole)")
+    threshold = _real_option(threshold, "mask_threshold", "a level in [0, 1]")
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"mask_threshold must lie in [0, 1], got {threshold}")
     if isinstance(mask, np.ndarray) and (mask.dtype == bool or (mask.dtype == np.uint8 and mask.max(initial=0) <= 1)):
         mask = mask.astype(np.float32)  # {0, 1} integers are a mask, not 8-bit grey levels
     array = io.load_image(mask, name="mask")
@@ -307,7 +345,8 @@ def build_task(task: str, observation: np.ndarray, *, seed: int = 0, **options: 
         valid = sorted(TASK_OPTIONS[task]) or "none"
         raise ValueError(f"option(s) {sorted(unknown)} do not apply to task {task!r}; valid: {valid}")
     y = io.image_to_tensor(observation)
-    threshold = 0.5 if options.get("mask_threshold") is None else float(options["mask_threshold"])
+    threshold = 0.5 if options.get("mask_threshold") is None else options["mask_threshold"]
+    threshold = _real_option(threshold, "mask_threshold", "a level in [0, 1]")
     if not 0 <= threshold <= 1:
         raise ValueError(f"mask_threshold must lie in [0, 1], got {threshold}")
     if task == "denoise":
@@ -315,14 +354,18 @@ def build_task(task: str, observation: np.ndarray, *, seed: int = 0, **options: 
     if task == "jpeg":
         return JPEG(y)
     if task == "super_resolution":
-        return SuperResolution(y, factor=options.get("factor") or 4)
+        factor = options.get("factor")
+        return SuperResolution(y, factor=4 if factor is None else factor)
     if task in ("inpaint", "restore_pixels"):
         keep_known = options.get("keep_known")
+        if keep_known is not None and not isinstance(keep_known, (bool, np.bool_)):
+            raise TypeError(f"keep_known must be True or False, got {type(keep_known).__name__} {keep_known!r}")
         keep_known = True if keep_known is None else bool(keep_known)
         if task == "restore_pixels" and options.get("mask") is None:
             from oscfast.degradations import random_pixel_mask
 
-            keep = 0.5 if options.get("keep") is None else float(options["keep"])
+            keep = 0.5 if options.get("keep") is None else options["keep"]
+            keep = _real_option(keep, "keep", "the fraction of known pixels, in (0, 1]")
             if not 0 < keep <= 1:
                 raise ValueError(f"keep must lie in (0, 1], got {keep}")
             mask = io.image_to_tensor(random_pixel_mask(observation.shape[:2], keep=keep, seed=seed))
@@ -334,21 +377,84 @@ def build_task(task: str, observation: np.ndarray, *, seed: int = 0, **options: 
         cls = Inpaint if task == "inpaint" else RestorePixels
         return cls(y, mask, keep_known=keep_known)
     if task == "deblur":
+        from oscfast.degradations import _checked_gaussian_kernel, _checked_kernel
+
         kernel, sigma = options.get("kernel"), options.get("blur_sigma")
         if (kernel is None) == (sigma is None):
             raise ValueError("task 'deblur' needs exactly one of kernel= (2-D array) or blur_sigma=")
+        shape_hw = (int(observation.shape[0]), int(observation.shape[1]))
         if kernel is None:
-            if not sigma > 0:
-                raise ValueError(f"blur_sigma must be > 0, got {sigma}")
-            kernel = operators.gaussian_kernel(float(sigma))
-        kernel_t = torch.as_tensor(np.asarray(kernel, dtype=np.float32))
-        if kernel_t.ndim != 2 or not torch.isfinite(kernel_t).all() or float(kernel_t.sum()) <= 0:
-            raise ValueError(f"kernel must be a finite 2-D array with a positive sum, got shape {tuple(kernel_t.shape)}")
-        return Deblur(y, kernel_t / kernel_t.sum())
+            kernel64 = _checked_gaussian_kernel(sigma, shape_hw, "blur_sigma")
+        else:
+            kernel64 = _checked_kernel(kernel, shape_hw, "kernel")
+        total = float(kernel64.sum())
+        if not (math.isfinite(total) and total > 0):
+            raise ValueError(f"kernel must have a positive finite sum (it is normalised to 1), got sum {total:.6g}")
+        kernel_t = torch.as_tensor((kernel64 / total).astype(np.float32))
+        return Deblur(y, kernel_t)
     operator: Callable[[torch.Tensor], torch.Tensor] | None = options.get("operator")
     if operator is None or not callable(operator):
         raise ValueError("task 'custom' needs operator= (a callable x -> A(x) on 1xCxHxW tensors)")
     output_shape = options.get("output_shape")
     if output_shape is None:
         output_shape = (observation.shape[2], *observation.shape[:2])
-    return CustomOperator(y, operator, tuple(int(v) for v in output_shape), adjoint=options.get("adjoint"))
+    return CustomOperator(y, operator, _output_shape_option(output_shape), adjoint=options.get("adjoint"))
+
+
+def _real_option(value: Any, name: str, expected: str) -> float:
+    """A task option as a finite float; TypeError for a non-number, ValueError for NaN/inf."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number ({expected}), got {type(value).__name__} {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number ({expected}), got {value!r}")
+    return number
+
+
+def _integer_option(value: Any, name: str, low: int) -> int:
+    """A task option that must be a whole number >= ``low`` (4 and 4.0 both pass)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be an integer >= {low}, got {type(value).__name__} {value!r}")
+    if isinstance(value, numbers.Integral):
+        number = int(value)
+    else:
+        real = float(value)
+        if not (math.isfinite(real) and real.is_integer()):
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        number = int(real)
+    if number < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return number
+
+
+def _output_shape_option(output_shape: Any) -> tuple[int, int, int]:
+    """``output_shape`` as (C, H, W) positive integers."""
+    if isinstance(output_shape, (str, bytes)) or not isinstance(output_shape, (tuple, list, torch.Size, np.ndarray)):
+        raise TypeError(f"output_shape must be a tuple (C, H, W) of positive integers, got {output_shape!r}")
+    values = list(output_shape.tolist() if isinstance(output_shape, np.ndarray) else output_shape)
+    if len(values) != 3:
+        raise ValueError(f"output_shape must be a tuple (C, H, W) of 3 positive integers, got {output_shape!r}")
+    try:
+        return tuple(_integer_option(v, f"output_shape {name}", 1) for v, name in zip(values, "CHW"))  # type: ignore[return-value]
+    except TypeError as error:
+        raise TypeError(f"output_shape must be a tuple (C, H, W) of positive integers, got {output_shape!r}: {error}") from None
+    except ValueError as error:
+        raise ValueError(f"output_shape must be a tuple (C, H, W) of positive integers, got {output_shape!r}: {error}") from None
+
+
+def _check_allocation(nbytes: int, what: str) -> None:
+    """Raise :class:`oscfast.TooLargeError` before allocating ``nbytes`` on the host when they
+    exceed the free memory."""
+    if nbytes <= 1 << 28:
+        return
+    from oscfast.memory import TooLargeError, available_bytes
+
+    free = available_bytes(torch.device("cpu"))
+    if nbytes > 0.9 * free:
+        raise TooLargeError(
+            f"{what} is too large for memory: it needs about {nbytes / 2**30:.1f} GiB, "
+            f"{free / 2**30:.1f} GiB are free"
+        )

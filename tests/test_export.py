@@ -1,7 +1,7 @@
 """Tests for oscfast.export: the exported stopper step and the exported fitted generator.
 
 Parity targets: the numba kernel (``chord_curvature``), the Python :class:`OSCStopper` (its
-P, curvature and decisions) and the result of :func:`oscfast.restore`. The graphs run in
+P, curvature and decisions; a :class:`KneeRule` fed the graph's P decides as it does) and the result of :func:`oscfast.restore`. The graphs run in
 onnxruntime (CPUExecutionProvider) and as ``torch.export`` programs.
 """
 from __future__ import annotations
@@ -23,13 +23,13 @@ from oscfast.export import (
     STOPPER_INPUTS,
     STOPPER_OUTPUTS,
     StopperStep,
-    StopRule,
     export_result,
     export_stopper,
     initial_state,
 )
 from oscfast.kernels import chord_curvature, chord_curvature_reference
 from oscfast.models import DENOISE_SPEC
+from oscfast.stopping import KneeRule, PaperRule, RiskRule, Signals
 
 from conftest import smooth_image
 
@@ -126,15 +126,13 @@ def _drive(step, curve: np.ndarray, seed: int) -> dict[str, object]:
     """Feed a curve through a graph and, side by side, through OSCStopper.update."""
     noise, outputs = _measurements(curve, seed)
     reference = OSCStopper(noise, max_iterations=T_MAX, half_window=L, smoothing=W)
-    rule = StopRule(max_iterations=T_MAX, half_window=L, config=StopConfig(smoothing=W))
+    rule = KneeRule(max_iterations=T_MAX, half_window=L, smoothing=W)
     p, kappa, expected_p, decisions = [], [], [], []
-    for measured in outputs:
+    for t, measured in enumerate(outputs):
         p_t, p_smooth, kappa_t = step(measured, noise)
-        ours = rule.update(p_t, p_smooth, kappa_t)
+        ours = rule.update(Signals.of(t, p=p_t))
         theirs = reference.update(measured)
-        decisions.append(
-            ((ours.best_iteration, ours.should_stop), (theirs.best_iteration, theirs.should_stop))
-        )
+        decisions.append(((ours.iteration, ours.should_stop), (theirs.iteration, theirs.should_stop)))
         p.append(p_t)
         kappa.append(kappa_t)
         m64, n64 = measured.astype(np.float64), noise.astype(np.float64)
@@ -151,15 +149,15 @@ def _drive(step, curve: np.ndarray, seed: int) -> dict[str, object]:
 def _assert_parity(run: dict[str, object]) -> None:
     p, kappa, reference, rule = run["p"], run["kappa"], run["reference"], run["rule"]
     np.testing.assert_allclose(p, run["expected_p"], rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(p, reference.p, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(p, reference.rule.history("p"), rtol=1e-12, atol=1e-15)
     numba = chord_curvature(p, L, W, T_MAX)
     np.testing.assert_array_equal(np.isnan(kappa), np.isnan(numba))
     np.testing.assert_allclose(kappa, numba, rtol=0, atol=ATOL, equal_nan=True)
-    np.testing.assert_allclose(kappa, reference.curvature, rtol=0, atol=ATOL, equal_nan=True)
+    np.testing.assert_allclose(kappa, reference.rule.curvature, rtol=0, atol=ATOL, equal_nan=True)
     assert np.isnan(run["raw_kappa"][: 2 * L]).all() and not np.isnan(run["raw_kappa"][2 * L :]).any()
     for ours, theirs in run["decisions"]:
         assert ours == theirs
-    assert (rule.best_iteration, rule.stop_iteration) == (reference.best_iteration, reference.stop_iteration)
+    assert (rule.decision.iteration, rule.decision.stop_iteration) == (reference.best_iteration, reference.stop_iteration)
 
 
 # -- the stopper graph ------------------------------------------------------------------------
@@ -193,9 +191,9 @@ def test_onnx_stopper_matches_numba_and_oscstopper_on_random_curves(
 def test_onnx_stopper_matches_on_recorded_f16_curve(session: ort.InferenceSession, f16_curve: np.ndarray) -> None:
     run = _drive(_OrtStopper(session), f16_curve, seed=7)
     _assert_parity(run)
-    rule = run["rule"]
-    assert rule.should_stop and rule.stop_iteration < len(f16_curve)  # a real decision
-    assert rule.stop_iteration == rule.best_iteration + L + rule.settings.patience + 1
+    decision = run["rule"].decision
+    assert decision.should_stop and decision.stop_iteration < len(f16_curve)  # a real decision
+    assert decision.stop_iteration == decision.iteration + L + run["rule"].patience + 1
     # the numba kernel against the numpy reference closes the loop to method.md section 4
     reference = chord_curvature_reference(run["p"][:400], L, W, T_MAX)[: 400 - L]
     np.testing.assert_allclose(run["kappa"][: 400 - L], reference, rtol=0, atol=ATOL, equal_nan=True)
@@ -208,7 +206,7 @@ def test_pt2_stopper_loads_and_matches(tmp_path: Path, f16_curve: np.ndarray) ->
     program = torch.export.load(str(path))
     run = _drive(_ProgramStopper(program.module()), f16_curve[:1300], seed=7)
     _assert_parity(run)
-    assert run["rule"].stop_iteration is not None
+    assert run["rule"].decision.stop_iteration is not None
 
 
 def test_eager_step_matches_exported(session: ort.InferenceSession) -> None:
@@ -228,16 +226,40 @@ def test_step_accepts_any_shape_and_projects() -> None:
     assert float(p_smooth) == float(p) and math.isnan(float(kappa)) and int(count) == 1
 
 
-def test_stop_rule_paper_rule_never_stops() -> None:
-    rule = StopRule(max_iterations=T_MAX, half_window=L, config=StopConfig(rule="paper", smoothing=1))
-    reference = OSCStopper(max_iterations=T_MAX, half_window=L, config=StopConfig(rule="paper", smoothing=1))
+def test_graph_fed_paper_rule_takes_the_argmax_of_the_graph_curvature() -> None:
+    step = StopperStep(L, 1, T_MAX)
     curve = _random_curve(3)
-    kappa = chord_curvature(curve, L, 1, T_MAX)
-    for t, value in enumerate(curve):
-        k = kappa[t - L] if t >= 2 * L else math.nan
-        ours = rule.update(value, value, k)
-        reference.update_p(value)
-    assert not ours.should_stop and rule.best_iteration == reference.best_iteration is not None
+    noise, outputs = _measurements(curve, 3)
+    rule = PaperRule(max_iterations=T_MAX, half_window=L)
+    driver = _ProgramStopper.__new__(_ProgramStopper)
+    driver.module = step
+    window, count = initial_state(L, 1)
+    driver.window, driver.count = torch.from_numpy(window), torch.from_numpy(count)
+    kappas = []
+    for t, measured in enumerate(outputs):
+        p_t, _, kappa_t = driver(measured, noise)
+        kappas.append(kappa_t)
+        decision = rule.update(Signals.of(t, p=p_t))
+    assert not decision.should_stop
+    assert decision.iteration == int(np.nanargmax(kappas)) - L
+
+
+def test_the_graph_and_the_numpy_reference_share_one_chord_fit() -> None:
+    from oscfast.export import stopper
+    from oscfast.kernels import chord, reference
+
+    assert stopper.chord_frame_curvature is chord.chord_frame_curvature is reference.chord_frame_curvature
+    # and that fit is the book's: np.polyfit of the rotated segment
+    rng = np.random.default_rng(4)
+    pbar = np.cumsum(rng.normal(0, 0.01, 41))
+    u = np.arange(41) / 500.0
+    du, dv = u - u[0], pbar - pbar[0]
+    theta = math.atan2(dv[-1], du[-1])
+    rotated_x = math.cos(theta) * du + math.sin(theta) * dv
+    rotated_y = -math.sin(theta) * du + math.cos(theta) * dv
+    book = 2 * np.polyfit(rotated_x, rotated_y, 2)[0]
+    assert float(chord.chord_frame_curvature(pbar, u)) == pytest.approx(book, rel=1e-9)
+    assert float(chord.chord_frame_curvature(torch.from_numpy(pbar), torch.from_numpy(u))) == pytest.approx(book, rel=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -257,12 +279,6 @@ def test_export_stopper_rejects_bad_arguments(tmp_path: Path, kwargs: dict, matc
     with pytest.raises(ValueError, match=match):
         export_stopper(tmp_path / "x.onnx", **arguments)
     assert not (tmp_path / "x.onnx").exists()
-
-
-def test_stop_rule_always_replays_the_knee_rule() -> None:
-    # a default StopConfig (rule "risk") only lends its parameters: the graph has a curvature
-    rule = StopRule(max_iterations=100, config=StopConfig(rule="risk", half_window=10))
-    assert rule.settings.rule == "knee" and rule.half_window == 10
 
 
 # -- the fitted generator ---------------------------------------------------------------------
@@ -322,8 +338,7 @@ def test_own_loop_example_stops_itself() -> None:
     assert result["psnr_chosen"] > result["psnr_max"] - 1.5
     # the graph-driven decision is the one the Python stopper takes on the same P values
     reference = OSCStopper(max_iterations=cap, half_window=result["half_window"], smoothing=10)
-    for value in result["p"]:
-        reference.update_p(value)
+    reference.update_p(result["p"])
     assert (reference.best_iteration, reference.stop_iteration) == (result["best_iteration"], result["stop_iteration"])
     numba = chord_curvature(result["p"], result["half_window"], 10, cap)
     graph = np.full_like(numba, np.nan)
@@ -332,40 +347,44 @@ def test_own_loop_example_stops_itself() -> None:
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
-def test_risk_step_export_drives_risk_stopper_like_the_numpy_math(tmp_path, fmt: str) -> None:
-    """The exported risk step gives P and the loss to float64 precision, and a RiskStopper fed
-    from it makes the same decisions as one fed from numpy."""
+@pytest.mark.parametrize("probe", ["inline", "twin"])
+def test_risk_step_export_drives_the_risk_rule_like_the_numpy_math(tmp_path, fmt: str, probe: str) -> None:
+    """The exported risk step gives P (P_twin for the twin) and the loss to float64 precision,
+    and a RiskRule fed from it makes the same decisions as one fed from numpy."""
     from oscfast.export import export_risk_step
-    from oscfast.stopping import RiskStopper
 
     shape = (2, 12, 10)
-    path = export_risk_step(tmp_path / f"risk.{fmt}", image_shape=shape, format=fmt)
+    twin = probe == "twin"
+    path = export_risk_step(tmp_path / f"risk.{fmt}", image_shape=shape, probe=probe, format=fmt)
+    names = ["measured", "target", "noise"] + (["probe_measured"] if twin else [])
     if fmt == "onnx":
-        import onnxruntime as ort
-
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        run = lambda m, t, n: session.run(None, {"measured": m, "target": t, "noise": n})  # noqa: E731
+        assert [i.name for i in session.get_inputs()] == names
+        run = lambda *arrays: session.run(None, dict(zip(names, arrays)))  # noqa: E731
     else:
         module = torch.export.load(str(path)).module()
-        run = lambda m, t, n: [v.numpy() for v in module(*(torch.from_numpy(a) for a in (m, t, n)))]  # noqa: E731
+        run = lambda *arrays: [v.numpy() for v in module(*(torch.from_numpy(a) for a in arrays))]  # noqa: E731
     rng = np.random.default_rng(0)
     noise = rng.normal(0, 0.04, (1, *shape)).astype(np.float32)
     clean = rng.uniform(0, 1, (1, *shape)).astype(np.float32)
-    target = clean + noise
-    graph_stopper = RiskStopper(weight=0.01, max_iterations=300, config=StopConfig(rule="risk", min_patience=20))
-    numpy_stopper = RiskStopper(weight=0.01, max_iterations=300, config=StopConfig(rule="risk", min_patience=20))
+    target = clean if twin else clean + noise
+    make = lambda: RiskRule(0.01, max_iterations=300, min_patience=20, outputs=("raw",))  # noqa: E731
+    graph_rule, numpy_rule = make(), make()
     for t in range(300):
         # an output that approaches the clean image, then absorbs the noise
         fit = min(1.0, t / 100)
         absorbed = max(0.0, (t - 120) / 180)
-        measured = (fit * clean + absorbed * noise).astype(np.float32)
-        p, loss = (float(v) for v in run(measured, target, noise))
+        measured = (fit * clean + (0 if twin else absorbed) * noise).astype(np.float32)
+        probed = (fit * clean + absorbed * noise).astype(np.float32)
+        arrays = (measured, target, noise, probed) if twin else (measured, target, noise)
+        p, loss = (float(v) for v in run(*arrays))
         m64, n64 = measured.astype(np.float64), noise.astype(np.float64)
-        expected_p = float(np.sum(m64 * n64) / np.sum(n64 * n64))
+        difference = probed.astype(np.float64) - m64 if twin else m64
+        expected_p = float(np.sum(difference * n64) / np.sum(n64 * n64))
         expected_loss = float(np.mean((m64 - target.astype(np.float64)) ** 2))
         assert p == pytest.approx(expected_p, rel=1e-12, abs=1e-15)
         assert loss == pytest.approx(expected_loss, rel=1e-12, abs=1e-15)
-        graph_stopper.update_p(p, loss)
-        numpy_stopper.update_p(expected_p, expected_loss)
-    assert graph_stopper.best_iteration == numpy_stopper.best_iteration is not None
-    assert graph_stopper.stop_iteration == numpy_stopper.stop_iteration is not None
+        graph_rule.update(Signals.of(t, p=p, loss=loss))
+        numpy_rule.update(Signals.of(t, p=expected_p, loss=expected_loss))
+    fields = lambda d: (d.iteration, d.output, d.should_stop, d.stop_iteration)  # noqa: E731
+    assert fields(graph_rule.decision) == fields(numpy_rule.decision) and graph_rule.decision.iteration is not None
