@@ -16,6 +16,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "restore": "oscfast.api",
+    "restore_many": "oscfast.many",
+    "Progress": "oscfast.api",
     "Restoration": "oscfast.api",
     "History": "oscfast.api",
     "TASKS": "oscfast.api",
@@ -51,7 +53,8 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from oscfast.api import TASKS, History, Restoration, restore
+    from oscfast.api import TASKS, History, Progress, Restoration, restore
+    from oscfast.many import restore_many
     from oscfast.config import DIPConfig, StopConfig
     from oscfast.degradations import degrade
     from oscfast.io import load_image, save_image

@@ -380,7 +380,9 @@ class _DeviceState:
             values[name] = _stack([metric(task.finalize(x[i])) for i, task in enumerate(self.tasks)])
             values[f"{name}_ema"] = _stack([metric(task.finalize(self.ema[i])) for i, task in enumerate(self.tasks)])
         row = torch.stack([values[name].float() for name in self.trace_names], dim=1)  # (K, S)
-        index = self.t.view(k, 1, 1).expand(k, len(self.trace_names), 1)
+        # a finished slot that got no new fit keeps stepping until the batch ends: it writes on
+        # its last column, which nobody reads any more
+        index = self.t.clamp(max=self.trace.shape[2] - 1).view(k, 1, 1).expand(k, len(self.trace_names), 1)
         self.trace.scatter_(2, index, row.unsqueeze(-1))
         self._put(self.ring_raw, self.ring_size, x)
         self._put(self.ring_ema, self.ring_size, self.ema)
@@ -572,6 +574,8 @@ class Group:
     best_ema: torch.Tensor | None = None
     finished: bool = False
     interrupted: bool = False
+    #: wall time spent while this group was running (its share is the whole step's time)
+    seconds: float = 0.0
 
     @property
     def leader(self) -> Watch:
@@ -712,6 +716,8 @@ class BatchRun:
                 run_step = self._graph.replay if self._graph is not None else state.step
                 while any(not g.finished for g in self.groups):
                     count = min(options.sync_every, *(cap - g.done for g in self.groups if not g.finished))
+                    block_start = time.perf_counter()
+                    running = [g for g in self.groups if not g.finished]
                     try:
                         self.consistent = False  # the device runs ahead of the host's counters
                         for _ in range(count):
@@ -724,6 +730,8 @@ class BatchRun:
                         cancelled = cancel is not None and (cancel.is_set() if isinstance(cancel, threading.Event) else cancel())
                     except KeyboardInterrupt:
                         cancelled = True
+                    for group in running:
+                        group.seconds += time.perf_counter() - block_start
                     if cancelled:
                         self._interrupt()
                         break
@@ -794,6 +802,7 @@ class BatchRun:
             ],
             "steps": self.steps,
             "seconds": self.seconds,
+            "group_seconds": [g.seconds for g in self.groups],
         }
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
@@ -808,6 +817,8 @@ class BatchRun:
             for watch, rule_state in zip(group.watches, saved["rules"]):
                 watch.rule.load_state_dict(rule_state)
         self.steps, self.seconds = state["steps"], state["seconds"]
+        for group, seconds in zip(self.groups, state["group_seconds"]):
+            group.seconds = seconds
 
     # -- results -----------------------------------------------------------------------------
     def record(self, index: int = 0) -> RunRecord:
@@ -826,7 +837,7 @@ class BatchRun:
             ema_image=group.best_ema.detach().cpu(),
             last_images=last,
             traces={name: traces[:, i] for i, name in enumerate(state.trace_names)},
-            seconds=self.seconds,
+            seconds=group.seconds,
             rules=[w.rule for w in group.watches],
             interrupted=group.interrupted,
         )
