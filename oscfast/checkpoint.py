@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from oscfast.files import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     from oscfast.engine import BatchRun
@@ -107,12 +108,6 @@ class Checkpoint:
         assert self.path is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         payload: dict[str, Any] = {"format": FORMAT, "fingerprint": dict(self.fingerprint), "state": run.state_dict()}
-        handle, name = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        os.close(handle)
-        try:
-            torch.save(payload, name)
-            os.replace(name, self.path)
-        finally:
-            Path(name).unlink(missing_ok=True)
+        atomic_write(self.path, lambda stream: torch.save(payload, stream))
         self._last = time.monotonic()
         return self.path

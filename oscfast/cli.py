@@ -1,4 +1,4 @@
-"""Command-line interface: ``oscfast restore``, ``demo``, ``evaluate``, ``export``.
+"""Command-line interface: ``oscfast restore``, ``restore-dir``, ``demo``, ``evaluate``, ``export``.
 
 Every option is checked before any work starts (output suffix and folder, input files, the
 device), so a long run is never lost to a typo; errors are one line on stderr, exit status 2.
@@ -21,6 +21,18 @@ RESTORE_EXAMPLES = """examples:
   oscfast restore noisy.png -o clean.png
   oscfast restore lr.png -o sr.png --task super_resolution --factor 4 --save-history run.npz
   oscfast restore holes.png -o filled.png --task inpaint --mask mask.png --invert-mask
+"""
+
+RESTORE_DIR_EXAMPLES = """examples:
+  oscfast restore-dir noisy/ -o restored/
+  oscfast restore-dir lr/ -o sr/ --task super_resolution --factor 4 --batch 4
+  oscfast restore-dir noisy/ -o restored/ --ray local          # one Ray task per image
+  oscfast restore-dir /shared/in -o /shared/out --ray ray://head:10001
+
+Images whose output already exists are skipped, so the same command resumes an interrupted run.
+The output folder gets summary.csv and summary.json (one row per image). Exit status: 0 when
+every image was restored or skipped as existing, 1 when some failed (listed on stderr), 2 for
+a usage error.
 """
 
 
@@ -105,6 +117,29 @@ def build_parser() -> argparse.ArgumentParser:
     rest.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     rest.add_argument("--quiet", action="store_true", help="no progress bar and no warnings, only errors")
 
+    folder = commands.add_parser(
+        "restore-dir", help="restore every image of a folder (resumable)", formatter_class=Formatter,
+        description=f"Restore every image (.png .jpg .jpeg .tif .tiff .bmp) of a folder into another folder. "
+                    f"Presets: {_presets_help()}.", epilog=RESTORE_DIR_EXAMPLES,
+    )
+    folder.add_argument("input", type=Path, help="folder of damaged images (not recursive)")
+    folder.add_argument("-o", "--output", type=Path, required=True, help="folder of the restored images and the summary")
+    folder.add_argument("--task", default="denoise", choices=TASK_CHOICES)
+    folder.add_argument("--preset", default=None, help="published configuration of the task (see above)")
+    folder.add_argument("--factor", type=_positive_int, default=None, help="super-resolution factor (default 4)")
+    folder.add_argument("--keep", type=float, default=None, help="restore_pixels: kept fraction (0.5)")
+    folder.add_argument("--blur-sigma", type=float, default=None, help="deblur: Gaussian blur sigma in px")
+    folder.add_argument("--suffix", default=".png", help="suffix (format) of the outputs: .png, .tif, .jpg, .bmp")
+    folder.add_argument("--batch", type=_positive_int, default=None,
+                        help="restorations per batched step (default: from free GPU memory, 1 on a CPU)")
+    folder.add_argument("--ray", metavar="ADDRESS|local", default=None,
+                        help="one Ray task per image: 'local' starts a local Ray, or a cluster address "
+                             "(needs pip install 'oscfast[ray]'; a cluster needs the folders on a shared file system)")
+    folder.add_argument("--max-iterations", type=_positive_int, default=None, help="iteration cap (default: the preset's)")
+    folder.add_argument("--seed", type=int, default=0)
+    folder.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    folder.add_argument("--quiet", action="store_true", help="no progress bar and no warnings, only errors")
+
     evaluate = commands.add_parser(
         "evaluate", help="degrade clean images, restore them, compare every rule with plain DIP",
         formatter_class=defaults,
@@ -123,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seeds", type=_positive_int, default=1)
     evaluate.add_argument("--max-iterations", type=_positive_int, default=None)
     evaluate.add_argument("--preset", default=None)
+    evaluate.add_argument("--width-scale", type=float, default=1.0, help="scale the generator's channels (faster, smaller nets)")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--quiet", action="store_true")
 
@@ -231,30 +267,59 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _restore_dir(args: argparse.Namespace) -> int:
+    from oscfast.folder import restore_folder
+
+    if args.ray is not None:
+        from oscfast.cluster import import_ray
+
+        try:
+            import_ray()
+        except ImportError as error:
+            raise ValueError(str(error)) from None
+    summary = restore_folder(
+        args.input,
+        args.output,
+        args.task,
+        batch=args.batch,
+        suffix=args.suffix,
+        backend="local" if args.ray is None else "ray",
+        ray_address=args.ray,
+        progress=not args.quiet,
+        preset=args.preset,
+        factor=args.factor,
+        keep=args.keep,
+        blur_sigma=args.blur_sigma,
+        max_iterations=args.max_iterations,
+        seed=args.seed,
+        device=args.device,
+    )
+    for row in summary.failed_rows:
+        print(f"oscfast: {row.file}: {row.status}", file=sys.stderr)
+    if not args.quiet:
+        print(
+            f"{summary.restored} restored, {summary.skipped} skipped (output exists), {summary.failed} failed "
+            f"of {len(summary.rows)} images; summary: {summary.out_dir / 'summary.csv'}"
+        )
+    return 0 if summary.ok else 1
+
+
 def _save_history(result, path: Path) -> None:  # noqa: ANN001 - a Restoration
     import json
-    import os
-    import tempfile
 
     import numpy as np
+
+    from oscfast.files import atomic_write, write_text_atomic
 
     curves = result.history.as_dict()
     for name, values in result.history.fits.items():
         for fit, row in enumerate(values):
             curves[f"fit{fit}:{name}"] = row
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        if path.suffix.lower() == ".npz":
-            with open(name, "wb") as stream:
-                np.savez_compressed(stream, **curves)
-        else:
-            payload = {key: [None if not np.isfinite(v) else float(v) for v in values] for key, values in curves.items()}
-            Path(name).write_text(json.dumps(payload))
-        os.replace(name, path)
-    finally:
-        Path(name).unlink(missing_ok=True)
+    if path.suffix.lower() == ".npz":
+        atomic_write(path, lambda stream: np.savez_compressed(stream, **curves))
+    else:
+        payload = {key: [None if not np.isfinite(v) else float(v) for v in values] for key, values in curves.items()}
+        write_text_atomic(path, json.dumps(payload))
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -290,7 +355,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from oscfast.evaluate_cli import run_evaluate
+    from oscfast.evaluate import run_evaluate
 
     return run_evaluate(args)
 
@@ -308,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "restore":
             return _restore(args)
+        if args.command == "restore-dir":
+            return _restore_dir(args)
         if args.command == "export":
             return _export(args)
         if args.command == "evaluate":

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from oscfast.plan import default_stop, make_rule
 from oscfast.probe import probed_fraction, risk_constants
 from oscfast.tasks import Task
 
-__all__ = ["Candidate", "EvalRecord", "RuleOutcome", "candidate_rules", "outcomes", "record"]
+__all__ = ["Candidate", "EvalRecord", "RuleOutcome", "candidate_rules", "outcome", "outcomes", "record", "save_run", "to_payload"]
 
 #: the fits of a twin evaluation run
 PLAIN, PROBED = 0, 1
@@ -276,3 +277,44 @@ def outcomes(rec: EvalRecord, *, metric: str = "psnr") -> list[RuleOutcome]:
         rows.append(outcome(rec.traces, label=f"fixed-{output}", iteration=rec.cap - 1, output=output, fit=PLAIN,
                             stop_iteration=None, fits_needed=1, metric=metric))
     return rows
+
+
+def to_payload(rec: EvalRecord, **meta: Any) -> dict[str, Any]:
+    """The JSON-able description of a record (traces kept apart), with ``meta`` added."""
+    return {
+        **meta,
+        "cap": rec.cap,
+        "labels": rec.labels,
+        "decisions": rec.decisions,
+        "fits": rec.fits,
+        "probes": rec.probes,
+        "returned_psnr": rec.returned_psnr,
+        "seconds": rec.seconds,
+        "seconds_per_iteration_twin": rec.seconds / rec.cap,
+        "seconds_per_iteration_single": rec.seconds_per_iteration_single,
+        "noise_level": rec.noise_level,
+        "rho": rec.rho,
+    }
+
+
+def save_run(folder: Path, stem: str, rec: EvalRecord, **meta: Any) -> Path:
+    """Write ``<stem>.json`` (description) and ``<stem>.npz`` (float32 traces) atomically;
+    snapshots, when kept, go to ``snapshots/<stem>.npz``. Returns the JSON path."""
+    import json
+
+    from oscfast.files import atomic_write as atomic
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    traces = {name: values.astype(np.float32) for name, values in rec.traces.items()}
+    atomic(folder / f"{stem}.npz", lambda stream: np.savez_compressed(stream, **traces))
+    if rec.snapshots:
+        (folder / "snapshots").mkdir(exist_ok=True)
+        iterations = sorted(rec.snapshots)
+        atomic(folder / "snapshots" / f"{stem}.npz", lambda stream: np.savez_compressed(
+            stream, iterations=np.array(iterations), images=np.stack([rec.snapshots[i] for i in iterations])))
+    payload = to_payload(rec, **meta)
+    # the JSON last: its presence marks the run as finished (a rerun skips it)
+    atomic(folder / f"{stem}.json", lambda stream: stream.write(json.dumps(payload, indent=1, default=str)), binary=False)
+    return folder / f"{stem}.json"
