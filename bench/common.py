@@ -38,6 +38,9 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+    from oscfast.hardware import cpu_description
+
+    info.update(cpu_description())
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

@@ -35,7 +35,7 @@ from oscfast import degradations as dg
 from oscfast import io
 from oscfast.config import DIPConfig, StopConfig
 from oscfast.engine import EngineOptions
-from oscfast.evaluation import record
+from oscfast.evaluation import record, save_run, to_payload
 from oscfast.metrics import psnr_torch, psnr_y_torch
 from oscfast.presets import get_preset
 from oscfast.tasks import build_task
@@ -184,38 +184,31 @@ def run_one(experiment: Experiment, seed: int, args: argparse.Namespace, data: P
     options = EngineOptions(device=device, progress=not args.quiet, precision=args.precision)
     rec = record(task, config, seed=seed, stop=StopConfig(), metrics=metrics, options=options,
                  time_single=args.time_single, snapshot_every=args.snapshot_every, reference=reference)
-    folder = out_dir(args.scale)
-    stem = f"{experiment.name}-s{seed}"
-    np.savez_compressed(folder / f"{stem}.npz", **{f"{name}": values.astype(np.float32) for name, values in rec.traces.items()})
-    if rec.snapshots:
-        (folder / "snapshots").mkdir(exist_ok=True)
-        np.savez_compressed(folder / "snapshots" / f"{stem}.npz",
-                            iterations=np.array(sorted(rec.snapshots)), images=np.stack([rec.snapshots[i] for i in sorted(rec.snapshots)]))
-    payload = {
+    meta = {
         "experiment": asdict(experiment) | {"make": None},
+        "title": experiment.title,
         "seed": seed,
         "scale": args.scale,
         "size": list(clean.shape),
         "observation_size": list(observation.shape),
-        "cap": cap,
         "published_iterations": experiment.published_iterations,
         "precision": args.precision,
-        "labels": rec.labels,
-        "decisions": rec.decisions,
-        "fits": rec.fits,
-        "probes": rec.probes,
-        "returned_psnr": rec.returned_psnr,
-        "seconds": rec.seconds,
-        "seconds_per_iteration_twin": rec.seconds / cap,
-        "seconds_per_iteration_single": rec.seconds_per_iteration_single,
-        "noise_level": rec.noise_level,
-        "rho": rec.rho,
         "observation_psnr": float(10 * np.log10(1 / np.mean((observation - clean) ** 2))) if observation.shape == clean.shape else None,
         "machine": machine(),
         "command": " ".join(sys.argv),
     }
-    (folder / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=str))
-    return payload
+    if experiment.task == "jpeg":
+        meta["jpeg_noise_level"] = jpeg_noise_for(observation)
+    save_run(out_dir(args.scale), f"{experiment.name}-s{seed}", rec, **meta)
+    return to_payload(rec, **meta)
+
+
+def jpeg_noise_for(observation: np.ndarray, quality: int = 10) -> float:
+    """The JPEG error level the quantisation tables of ``quality`` imply for this decoded image
+    (Pillow's 4:2:0 default for colour), as a JPEG task reading the file would find it."""
+    from oscfast.noise_level import jpeg_noise_level, jpeg_tables_for_quality
+
+    return float(jpeg_noise_level(observation, jpeg_tables_for_quality(quality)))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -245,6 +238,56 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+TABLES = {
+    "1": "Table 1: denoising and JPEG artefacts",
+    "2": "Table 2: Set5 x4 super-resolution",
+    "3": "Table 3: Set14 x4 super-resolution",
+    "4": "Table 4: Set14 x8 super-resolution",
+    "5": "Table 5: inpainting and pixel restoration",
+    "-": "Not in the paper: deblurring",
+}
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from oscfast.report import load_runs, markdown_report, plot_run
+
+    folder = out_dir(args.scale)
+    runs = load_runs(folder)
+    if not runs:
+        print(f"no runs under {folder}")
+        return 1
+    for run in runs:
+        plot_run(run, folder / "figures" / f"{run['stem']}.png")
+    groups: dict[str, list[str]] = {}
+    for table, title in TABLES.items():
+        stems = [run["stem"] for run in runs if run["experiment"]["table"] == table]
+        if stems:
+            groups[title] = stems
+    halves = {half: [r["stem"] for r in runs if r["experiment"]["half"] == half] for half in ("selection", "report")}
+    machines = sorted({r["machine"].get("gpu") or f"{r['machine'].get('cpu_model', r['machine'].get('processor'))}, "
+                       f"{r['machine'].get('cpu_count')} cores, torch threads {r['machine'].get('torch_threads')}" for r in runs})
+    notes = sorted({f"- {r['experiment']['title']}: {r['experiment']['note']}" for r in runs if r["experiment"]["note"]})
+    header = "\n".join([
+        f"Scale `{args.scale}`: " + ("long side 128 px (SR: LR 64 px, head 48 px), caps min(published, 3000) except Barbara "
+                                      "(11000: its learning rate is 10x lower)" if args.scale == "mini" else "the images' own sizes"),
+        f"Machines: {', '.join(machines)}. Written by `python bench/paper.py report --scale {args.scale}` from the "
+        f"per-run files in `bench/results/paper/{args.scale}/` (regenerate: `python bench/paper.py run --scale {args.scale}` "
+        "resumes, then `report`).",
+        "Each run is one twin run: fit A is plain DIP and fit B DIP on y + n (the paper's OSC run), same weights, "
+        "input and reg-noise draws; every rule watched the run live in the engine (no replays here). 'default' is "
+        "the rule oscfast uses for the task (bench/results/rules.md); PSNR on the task's final image (known pixels "
+        "put back for inpainting / pixels), RGB, and for SR also Y with the reference script's 4/5 px shave.",
+        f"Halves: selection (rules chosen on these) {', '.join(halves['selection']) or '-'}; report (held back) "
+        f"{', '.join(halves['report']) or '-'}.",
+        "", *notes,
+    ])
+    text = markdown_report(runs, title=f"The paper's tables, {args.scale} scale", header=header, groups=groups)
+    path = folder / "report.md"
+    path.write_text(text)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_list(_args: argparse.Namespace) -> int:
     for e in EXPERIMENTS:
         print(f"{e.name:14s} table {e.table}  {e.half:9s} {e.task:16s} preset {e.preset:8s} {e.title}")
@@ -266,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--snapshot-every", type=int, default=50, help="keep outputs every N iterations (0: none)")
     run.add_argument("--quiet", action="store_true")
     run.set_defaults(func=cmd_run)
+    rep = sub.add_parser("report", help="tables, summary and figures from the recorded runs")
+    rep.add_argument("--scale", choices=("mini", "full"), default="mini")
+    rep.set_defaults(func=cmd_report)
     lst = sub.add_parser("list", help="list the experiments")
     lst.set_defaults(func=cmd_list)
     args = parser.parse_args(argv)

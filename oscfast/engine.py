@@ -724,14 +724,14 @@ class BatchRun:
                             run_step()
                         self.consistent = True
                         self.steps += count
+                        for group in running:  # before the sync: a group finishing there has its time
+                            group.seconds += time.perf_counter() - block_start
                         self._sync(count, stop_mode, bar, on_sync, on_group_done)
                         if checkpoint is not None:
                             checkpoint(self)
                         cancelled = cancel is not None and (cancel.is_set() if isinstance(cancel, threading.Event) else cancel())
                     except KeyboardInterrupt:
                         cancelled = True
-                    for group in running:
-                        group.seconds += time.perf_counter() - block_start
                     if cancelled:
                         self._interrupt()
                         break

@@ -65,7 +65,8 @@ def run_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for run in runs:
         traces = run["traces"]
         metric_names = ["psnr"] + (["psnr_y"] if "psnr_y" in traces else [])
-        row: dict[str, Any] = {"stem": run["stem"], "title": run.get("title", run["stem"]), "seed": run.get("seed", 0),
+        title = run.get("title") or run.get("experiment", {}).get("title") or run["stem"]
+        row: dict[str, Any] = {"stem": run["stem"], "title": title, "seed": run.get("seed", 0),
                                "cap": run["cap"], "published": run.get("published_iterations", run["cap"])}
         for metric in metric_names:
             outcomes = rule_outcomes(run, metric)
