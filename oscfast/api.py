@@ -246,7 +246,8 @@ def restore(
         A :class:`Restoration`.
 
     Raises:
-        ValueError, TypeError: bad input, naming the problem.
+        ValueError, TypeError: bad input, naming the problem (FileNotFoundError for a missing
+            file; :class:`oscfast.TooLargeError`, a ValueError, for a run that cannot fit).
 
     Example:
         >>> result = restore("noisy.png", task="denoise")  # doctest: +SKIP

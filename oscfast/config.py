@@ -1,6 +1,7 @@
 """Option dataclasses for the DIP loop and the stopping rule."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -56,6 +57,19 @@ class StopConfig:
     sync_every: int = 25
 
     def __post_init__(self) -> None:
+        for name in ("pseudo_noise_std", "noise_level", "significance", "min_curvature", "patience_ratio", "plateau_db"):
+            value = getattr(self, name)
+            if value is None and name == "noise_level":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value) and not (name == "min_curvature" and value == -math.inf):
+                raise ValueError(f"{name} must be finite, got {value!r}")
+        for name in ("half_window", "smoothing", "patience", "risk_smoothing", "min_patience", "es_patience",
+                     "plateau_patience", "sync_every"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
         if self.rule == "osc":  # the old name of the knee rule
             object.__setattr__(self, "rule", "knee")
         if self.rule is not None and self.rule not in RULE_NAMES:

@@ -647,7 +647,6 @@ def _checked_float(array: np.ndarray, name: str) -> np.ndarray:
             if count
         )
         raise ValueError(f"{name} contains {found} values; every value must be finite")
-    image = array.astype(np.float32)
     low, high = float(array.min()), float(array.max())
     if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
         if low >= 0.0 and high <= 255.0:
@@ -660,6 +659,7 @@ def _checked_float(array: np.ndarray, name: str) -> np.ndarray:
             f"{name} values must lie in [0, 1] for float input, got min {low:.6g} max {high:.6g}; "
             f"{hint}"
         )
+    image = array.astype(np.float32)  # after the range check: a huge float64 would overflow
     return np.clip(image, 0.0, 1.0, out=image)
 
 

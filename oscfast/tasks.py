@@ -227,6 +227,13 @@ class CustomOperator(Task):
         operator: the forward operator; applied to (1, C, H, W) images in [0, 1].
         output_shape: (C, H, W) of the image to reconstruct.
         adjoint: optional A^T.
+
+    Raises:
+        ValueError: a bad ``output_shape``, or ``operator`` fails on a mid-grey test image
+            (its error is chained), maps it to the wrong shape, returns NaN/inf, or lets no
+            gradient through.
+        TypeError: ``operator``/``adjoint`` not callable, or ``operator`` returns something
+            other than a real floating-point tensor.
     """
 
     name = "custom"
@@ -311,7 +318,9 @@ def load_mask(mask: Any, shape_hw: tuple[int, int], threshold: float = 0.5) -> t
     tensor; non-binary masks are thresholded at ``threshold`` (1 = known, 0 = hole).
 
     Raises:
-        ValueError: missing, unreadable, wrong shape, or no known pixel.
+        ValueError: missing, unreadable, wrong shape, no known pixel, or a threshold outside
+            [0, 1]. TypeError: a mask or threshold of the wrong type. FileNotFoundError: a
+            missing mask file.
     """
     if mask is None:
         raise ValueError("this task needs mask= (path or array; 1 = known pixel, 0 = hole)")
@@ -335,7 +344,10 @@ def build_task(task: str, observation: np.ndarray, *, seed: int = 0, **options: 
     """Make a :class:`Task` from a task name, the observation (HxWxC float) and options.
 
     Raises:
-        ValueError: unknown task, an option that the task does not take, or a bad option.
+        ValueError: unknown task, an option that the task does not take, or a bad option
+            value (:class:`oscfast.TooLargeError`, a ValueError, when the task's buffers
+            would not fit in memory).
+        TypeError: an option of the wrong type (e.g. a string for a number).
     """
     if task not in TASK_OPTIONS:
         raise ValueError(f"unknown task {task!r}; expected one of {list(TASK_OPTIONS)}")
