@@ -21,7 +21,7 @@ def main() -> int:
     r = report.result
     row = {"seconds": seconds, "noisy_psnr": report.noisy_psnr, "restored_psnr": report.restored_psnr,
            "stop_iteration": r.stop_iteration, "iterations_run": r.iterations_run, "cap": r.config.max_iterations,
-           "output": r.output, "device": r.device}
+           "output": r.output, "device": r.device, "probe": r.probe, "rule": r.rule}
     info = machine()
     text = (f"# Demo run\n\n{machine_header(info)}\n- command: `python bench/demo_run.py` (same as `oscfast demo`)\n\n"
             + "".join(f"- {k}: {v:.2f}\n" if isinstance(v, float) else f"- {k}: {v}\n" for k, v in row.items()))

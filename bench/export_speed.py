@@ -6,7 +6,8 @@ t_max = 3000 (the defaults for a 3000-iteration cap), it times one iteration of:
 - ``onnxruntime``: one ``InferenceSession.run`` of the exported stopper graph (projection in
   float64 + trailing mean + chord fit + state update), CPUExecutionProvider, with
   onnxruntime's default threads and with one thread (torch runs with one thread throughout);
-- ``onnxruntime + StopRule``: the same plus the pure-Python decision;
+- ``onnxruntime + KneeRule``: the same plus the pure-Python decision
+  (:class:`oscfast.stopping.KneeRule` fed the graph's ``p``; it recomputes the curvature itself);
 - ``torch.export (.pt2)``: the same graph as a ``torch.export`` program module, eager CPU;
 - ``OSCStopper.update``: the Python stopper fed the same operator output, as a float32 numpy
   array and as a float32 torch tensor (projection in float64 + numba kernel + decision).
@@ -37,8 +38,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from oscfast import OSCStopper, StopConfig
-from oscfast.export import StopRule, export_stopper, initial_state
+from oscfast import OSCStopper
+from oscfast.export import export_stopper, initial_state
+from oscfast.stopping import KneeRule, Signals
 from oscfast.kernels import warm_up
 
 SHAPE = (3, 512, 512)
@@ -62,15 +64,17 @@ def _onnx_stepper(path: Path, noise: np.ndarray, *, threads: int, with_rule: boo
     if threads:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    rule = StopRule(max_iterations=T_MAX, half_window=HALF_WINDOW, config=StopConfig(smoothing=SMOOTHING))
+    rule = KneeRule(max_iterations=T_MAX, half_window=HALF_WINDOW, smoothing=SMOOTHING)
     state = dict(zip(("window", "count"), initial_state(HALF_WINDOW, SMOOTHING)))
 
     def step(frame: np.ndarray) -> None:
+        seen = rule.iterations_seen
         p, p_smooth, kappa, state["window"], state["count"] = session.run(
             None, {"measured": frame, "noise": noise, **state}
         )
         if with_rule:
-            rule.update(p, p_smooth, kappa)
+            # the decision: the knee rule fed the graph's P (it keeps its own curvature)
+            rule.update(Signals.of(seen, p=p))
 
     return step
 
@@ -147,7 +151,7 @@ def main() -> Path:
         steppers = {
             "onnxruntime, default threads": _onnx_stepper(onnx_path, noise, threads=0, with_rule=False),
             "onnxruntime, 1 thread": _onnx_stepper(onnx_path, noise, threads=1, with_rule=False),
-            "onnxruntime + StopRule, 1 thread": _onnx_stepper(onnx_path, noise, threads=1, with_rule=True),
+            "onnxruntime + KneeRule, 1 thread": _onnx_stepper(onnx_path, noise, threads=1, with_rule=True),
             "torch.export .pt2 module, 1 thread": _program_stepper(pt2_path, noise),
             "OSCStopper.update(numpy float32)": _python_stepper(noise, as_tensor=False),
             "OSCStopper.update(torch float32 CPU tensor), 1 thread": _python_stepper(noise, as_tensor=True),

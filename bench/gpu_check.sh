@@ -4,7 +4,10 @@
 # models/ and kernels/ into the oscfast namespace, so it must be installed to import).
 #
 #   OUT=/tmp/gpu-out OSCFAST_DATA=/path/to/shared/data bash bench/gpu_check.sh [stage ...]
-# stages: tests speed precision denoise heldout tasks (default: all, in that order)
+# stages: tests throughput precision paper paper-report (default: all, in that order)
+# paper/paper-report write under bench/results/paper/full/ (bench/paper.py has no output
+# option); after each, that folder is copied into the results as paper-full/ (without the
+# per-iteration image snapshots, which the run does not keep here: --snapshot-every 0).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/bench/results/gpu-check}
@@ -13,10 +16,16 @@ mkdir -p "$OUT" "$WORK/results"
 export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-/tmp/numba-cache}
 export OSCFAST_DATA=${OSCFAST_DATA:-$PWD/.shared_data}
 LOG="$OUT/gpu_check.log"
-stages=${*:-tests speed precision denoise heldout tasks}
+stages=${*:-tests throughput precision paper paper-report}
+PAPER=bench/results/paper/full
 
 pack() { tar czf "$OUT/results.tgz" -C "$WORK" results 2>/dev/null; }
 log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
+copy_paper() {
+  [ -d "$PAPER" ] || { log "no $PAPER to copy"; return; }
+  mkdir -p "$WORK/results/paper-full"
+  tar cf - -C "$PAPER" --exclude=./snapshots . | tar xf - -C "$WORK/results/paper-full"
+}
 
 if ! python3 -c "import oscfast.models" 2>/dev/null; then
   python3 -m pip install -q --no-deps --no-index --no-build-isolation -e . >>"$LOG" 2>&1 \
@@ -42,9 +51,11 @@ for stage in $stages; do
   log "stage $stage"
   case $stage in
     tests) python3 -m pytest -m gpu tests -q -p no:cacheprovider 2>&1 | tee "$WORK/results/gpu-tests.log" | tail -5 | tee -a "$LOG" ;;
-    speed) python3 bench/speed.py --device cuda --sizes 256 512 1024 --out-dir "$WORK/results" 2>&1 | tee -a "$LOG" ;;
+    throughput) python3 bench/throughput.py --device cuda --sizes 256 512 --out-dir "$WORK/results" 2>&1 | tee -a "$LOG" ;;
     precision) python3 bench/precision_check.py --device cuda --size 256 --out-dir "$WORK/results" 2>&1 | tee -a "$LOG" ;;
-    denoise|heldout|tasks) python3 bench/accuracy.py --suite "$stage" --device cuda --out-dir "$WORK/results" 2>&1 | tee -a "$LOG" ;;
+    paper) python3 bench/paper.py run --scale full --device cuda --only f16,butterfly-x4,barbara --snapshot-every 0 --quiet 2>&1 \
+             | tee -a "$LOG"; copy_paper ;;
+    paper-report) python3 bench/paper.py report --scale full 2>&1 | tee -a "$LOG"; copy_paper ;;
     *) log "unknown stage $stage" ;;
   esac
   pack

@@ -3,6 +3,7 @@
     python bench/paper.py run --scale mini                 # every experiment, seed 0 (resumable)
     python bench/paper.py run --scale mini --only f16 --seeds 3
     python bench/paper.py report --scale mini              # tables, summary, figures
+    python bench/paper.py default --scale mini --only kate-pixels   # restore() driven by the default
     python bench/paper.py list
 
 Each experiment and seed is one twin run (oscfast.evaluation.record): fit A is plain DIP, fit B
@@ -211,13 +212,21 @@ def jpeg_noise_for(observation: np.ndarray, quality: int = 10) -> float:
     return float(jpeg_noise_level(observation, jpeg_tables_for_quality(quality)))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def prepare(args: argparse.Namespace) -> Path | None:
+    """The data folder (None, with a message, when it is missing); sets torch's threads."""
     data = data_dir()
     if data is None:
         print("../shared/data not found (set OSCFAST_DATA): nothing to run")
-        return 1
+        return None
     if args.threads:
         torch.set_num_threads(args.threads)
+    return data
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    data = prepare(args)
+    if data is None:
+        return 1
     names = args.only.split(",") if args.only else [e.name for e in EXPERIMENTS]
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
@@ -288,6 +297,81 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_default(args: argparse.Namespace) -> int:
+    """oscfast.restore() with the task's default probe and rule (it stops when the rule fires),
+    against the plain-DIP oracle of the recorded twin run of the same seed (its fit A is this
+    run's returned fit, step for step) and the replay of the same default on those curves."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from rules_study import default_candidate, replay  # noqa: PLC0415
+
+    from oscfast import restore
+    from oscfast.evaluation import oracle
+    from oscfast.report import load_runs
+
+    data = prepare(args)
+    if data is None:
+        return 1
+    folder = out_dir(args.scale)
+    recorded = {run["stem"]: run for run in load_runs(folder)}
+    target = folder / "default"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in args.only.split(","):
+        experiment = BY_NAME[name]
+        for seed in range(args.seeds):
+            stem = f"{name}-s{seed}"
+            path = target / f"{stem}.json"
+            if path.exists():
+                print(f"skip {path.name} (done)", flush=True)
+                continue
+            observation, clean, task_options = experiment.make(data, args.scale)
+            config = get_preset(experiment.task, experiment.preset)
+            cap = config.max_iterations if args.scale == "full" else min(config.max_iterations, experiment.mini_cap or 3000)
+            start = time.perf_counter()
+            result = restore(observation, task=experiment.task, reference=clean, seed=seed, device=args.device,
+                             config=replace(config, max_iterations=cap), progress=not args.quiet,
+                             **{**task_options, **experiment.options})
+            seconds = time.perf_counter() - start
+            row: dict[str, Any] = {
+                "experiment": name, "seed": seed, "half": experiment.half, "task": experiment.task, "cap": cap,
+                "probe": result.probe, "rule": result.rule, "output": result.output, "stop_reason": result.stop_reason,
+                "stop_iteration": result.stop_iteration, "iterations_run": result.iterations_run,
+                "psnr": result.psnr, "estimated_psnr": result.estimated_psnr, "seconds": seconds, "machine": machine(), "command": " ".join(sys.argv),
+            }
+            run = recorded.get(stem)
+            if run is not None:
+                row["oracle_psnr"] = oracle(run["traces"], "psnr")
+                row["gap_db"] = row["oracle_psnr"] - result.psnr
+                replayed = replay(run, default_candidate(experiment.task))
+                row["replay"] = {"iteration": replayed.iteration, "iterations_run": replayed.iterations_run,
+                                 "psnr": replayed.psnr, "output": replayed.output}
+            path.write_text(json.dumps(row, indent=1))
+            print(json.dumps({k: v for k, v in row.items() if k not in ("machine",)}), flush=True)
+    rows = [json.loads(p.read_text()) for p in sorted(target.glob("*.json"))]
+    lines = [
+        f"# Runs the default drove ({args.scale} scale)", "",
+        f"Written by `python bench/paper.py default --scale {args.scale} --only NAMES`: each row is one "
+        "`oscfast.restore()` call with the task's default probe and rule, stopping when the rule fired. The oracle is "
+        "the best PSNR (raw or averaged) of plain DIP with the same seed, from the recorded twin run (its fit A is the "
+        "fit restore() returns, iteration for iteration); 'replay' is the same default replayed on those recorded curves "
+        "(bench/results/rules.md), which a live run must match.", "",
+        "| run | half | probe / rule / output | stopped (reason) | returned it. | PSNR | estimated PSNR (error) | oracle | gap dB | replay: it. / PSNR | seconds | machine |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        rep = r.get("replay") or {}
+        machine_name = r["machine"].get("gpu") or f"{r['machine'].get('cpu_model')} x{r['machine'].get('cpu_count')}"
+        lines.append(
+            f"| {r['experiment']}-s{r['seed']} | {r['half']} | {r['probe']} / {r['rule']} / {r['output']} | "
+            f"{r['iterations_run']} of {r['cap']} ({r['stop_reason']}) | {r['stop_iteration']} | {r['psnr']:.2f} | "
+            + (f"{r['estimated_psnr']:.2f} ({r['estimated_psnr'] - r['psnr']:+.2f}) | " if r.get("estimated_psnr") is not None else "- | ")
+            + f"{r.get('oracle_psnr', float('nan')):.2f} | {r.get('gap_db', float('nan')):.2f} | "
+            f"{rep.get('iteration', '-')} / {rep.get('psnr', float('nan')):.2f} | {r['seconds']:.0f} | {machine_name} |"
+        )
+    (target.parent / "default-runs.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {target.parent / 'default-runs.md'}")
+    return 0
+
+
 def cmd_list(_args: argparse.Namespace) -> int:
     for e in EXPERIMENTS:
         print(f"{e.name:14s} table {e.table}  {e.half:9s} {e.task:16s} preset {e.preset:8s} {e.title}")
@@ -312,6 +396,14 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="tables, summary and figures from the recorded runs")
     rep.add_argument("--scale", choices=("mini", "full"), default="mini")
     rep.set_defaults(func=cmd_report)
+    dft = sub.add_parser("default", help="restore() driven by each task's default rule, against the recorded oracle")
+    dft.add_argument("--scale", choices=("mini", "full"), default="mini")
+    dft.add_argument("--only", required=True, help="comma-separated experiment names")
+    dft.add_argument("--seeds", type=int, default=1)
+    dft.add_argument("--device", default="cpu")
+    dft.add_argument("--threads", type=int, default=0)
+    dft.add_argument("--quiet", action="store_true")
+    dft.set_defaults(func=cmd_default)
     lst = sub.add_parser("list", help="list the experiments")
     lst.set_defaults(func=cmd_list)
     args = parser.parse_args(argv)

@@ -54,10 +54,15 @@ def candidates() -> list[Candidate]:
     grid = [
         Candidate("inline-risk (before)", "inline", "risk"),
         Candidate("inline-knee", "inline", "knee"),
-        Candidate("twin-knee", "twin", "knee"),
         Candidate("es-wmv", "none", "es-wmv"),
         Candidate("es-emv", "none", "es-emv"),
     ]
+    for signal in ("p", "p_ema"):
+        for output in ("raw", "ema"):
+            for divisor in (7.5, 15.0):
+                for rise in (0.0, 0.05):
+                    grid.append(Candidate(f"twin-knee {signal} {output} L=cap/{divisor:g} rise{rise:g}", "twin", "knee",
+                                          {"signal": signal, "output": output, "divisor": divisor, "min_rise": rise}))
     for ratio in (0.25, 0.5, 1.0):
         for smoothing in (25, 50):
             grid.append(Candidate(f"twin-risk r{ratio} s{smoothing}", "twin", "risk", {"patience_ratio": ratio, "risk_smoothing": smoothing}))
@@ -91,7 +96,7 @@ def replay(run: dict[str, Any], candidate: Candidate, sync_every: int = 25):
     """The candidate's decision on one recorded run, and its outcome."""
     traces = run["traces"]
     cap = run["cap"]
-    stop = replace(StopConfig(), **candidate.options)
+    stop = replace(StopConfig(), **{k: v for k, v in candidate.options.items() if k in StopConfig.__dataclass_fields__})
     task = run["experiment"]["task"]
     output = "ema" if task in ("denoise", "jpeg") else "raw"
     risk = None
@@ -100,7 +105,17 @@ def replay(run: dict[str, Any], candidate: Candidate, sync_every: int = 25):
         if level is None:
             return None
         risk = risk_constants(candidate.probe, noise_level=level, probe_std=stop.pseudo_noise_std, rho=run["rho"])
-    rule = make_rule(candidate.rule, stop=stop, max_iterations=cap, output=output, risk=risk)
+    if candidate.options.get("via_make_rule"):
+        rule = make_rule(candidate.rule, stop=stop, max_iterations=cap, output=candidate.options["output"], risk=risk)
+    elif candidate.rule == "knee":
+        from oscfast.stopping import KneeRule
+
+        options = candidate.options
+        rule = KneeRule(max_iterations=cap, half_window=max(50, round(cap / options.get("divisor", 7.5))),
+                        significance=options.get("significance", 3.0), output=options.get("output", output),
+                        signal=options.get("signal", "p"), min_rise=options.get("min_rise", 0.0))
+    else:
+        rule = make_rule(candidate.rule, stop=stop, max_iterations=cap, output=output, risk=risk)
     fit = PLAIN if candidate.probe in ("twin", "none") else PROBED
     signals: dict[str, np.ndarray] = {}
     for name in rule.needs:
@@ -118,30 +133,121 @@ def replay(run: dict[str, Any], candidate: Candidate, sync_every: int = 25):
                    fits_needed=2 if candidate.probe == "twin" else 1)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--report", action="store_true", help="include the held-back half")
-    parser.add_argument("--folder", type=Path, default=FOLDER)
-    args = parser.parse_args(argv)
-    runs = [r for r in load(args.folder) if args.report or r["experiment"]["half"] == "selection"]
+def default_candidate(task: str) -> Candidate:
+    """The task's current default (oscfast.plan.DEFAULT_STOP), replayed through make_rule."""
+    default = DEFAULT_STOP[task]
+    return Candidate(f"default: {default.probe}-{default.rule} ({default.output})", default.probe, default.rule,
+                     {"output": default.output, "via_make_rule": True})
+
+
+def fixed_outcome(run: dict[str, Any]) -> tuple[float, float]:
+    """Gap of plain DIP at the published count (the better of its raw and averaged output)."""
+    traces = run["traces"]
+    values = [outcome(traces, label="fixed", iteration=run["cap"] - 1, output=o, fit=PLAIN, stop_iteration=None,
+                      fits_needed=1) for o in ("raw", "ema")]
+    chosen = max(values, key=lambda r: r.psnr)
+    return chosen.gap_db, chosen.psnr
+
+
+def study(runs: list[dict[str, Any]], grid: list[Candidate]) -> dict[str, dict[str, list[tuple]]]:
+    """family -> candidate label -> [(run, gap dB, share of cap, seconds, dB vs fixed)]."""
     rows: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        family = FAMILIES[run["experiment"]["task"]]
-        fixed = max(run["traces"]["psnr"][PLAIN][-1], run["traces"]["psnr_ema"][PLAIN][-1])
-        for candidate in candidates():
+        task = run["experiment"]["task"]
+        family = FAMILIES[task]
+        _, fixed = fixed_outcome(run)
+        for candidate in [default_candidate(task), *grid]:
             result = replay(run, candidate)
             if result is None:
                 continue
+            label = "default" if candidate.options.get("via_make_rule") else candidate.label
             seconds = run["seconds_per_iteration_twin"] if result.fits_needed == 2 else run["seconds_per_iteration_single"]
-            rows[family][candidate.label].append((run["stem"], result.gap_db, result.iterations_run / run["cap"],
-                                                  result.iterations_run * seconds, result.psnr - fixed))
-    for family, table in rows.items():
+            rows[family][label].append((run["stem"], result.gap_db, result.iterations_run / run["cap"],
+                                        result.iterations_run * seconds, result.psnr - fixed))
+        gap, _ = fixed_outcome(run)
+        rows[family]["fixed count (plain DIP, better output)"].append((run["stem"], gap, 1.0, run["cap"] * run["seconds_per_iteration_single"], 0.0))
+    return rows
+
+
+def _line(label: str, values: list[tuple]) -> str:
+    gaps = [v[1] for v in values]
+    return (f"| {label} | {len(values)} | {np.mean(gaps):.2f} | {np.max(gaps):.2f} | {np.mean([v[2] for v in values]):.2f} | "
+            f"{np.mean([v[3] for v in values]):.0f} | {np.mean([v[4] for v in values]):+.2f} |")
+
+
+def markdown(selection: dict, report: dict, runs: list[dict[str, Any]], top: int) -> str:
+    info = machine()
+    halves = defaultdict(list)
+    for run in runs:
+        halves[run["experiment"]["half"]].append(run["stem"])
+    lines = [
+        "# Which probe and rule per task family (replays)",
+        "",
+        "Written by `python bench/rules_study.py --report` from the twin runs that `bench/paper.py run --scale mini` "
+        "recorded (`bench/results/paper/mini/`). **These are replays**: every candidate rule is fed the recorded "
+        "signals in blocks of 25 iterations, exactly as the engine feeds it, so a replay decides what a live run "
+        "of that rule would (the fits do not depend on the rule). The default's numbers from runs it drove itself "
+        "are in `bench/results/paper/mini/default-runs.md` (`python bench/paper.py default`).",
+        "",
+        f"- selection half (rules and parameters chosen on these only): {', '.join(sorted(halves['selection']))}",
+        f"- report half (held back, looked at after the choice): {', '.join(sorted(halves['report']))}",
+        f"- gap = plain-DIP oracle (best raw or averaged PSNR of the plain fit, final step applied) - PSNR of the "
+        "returned image; share = iterations run / published count; s to the image = iterations run x seconds per "
+        "iteration of the fits the rule needs (two for the twin, measured in the recording process, CPU shared with "
+        "another recording); vs fixed = returned PSNR - plain DIP at the published count (its better output).",
+        f"- current defaults (`oscfast.plan.DEFAULT_STOP`): "
+        + "; ".join(f"{task}: {d.probe} probe, {d.rule} rule, {d.output} output" for task, d in DEFAULT_STOP.items()),
+        "",
+        machine_header(info),
+        "",
+    ]
+    header = ("| candidate | runs | mean gap dB | worst gap dB | share of cap | s to the image | vs fixed dB |\n"
+              "|---|---|---|---|---|---|---|")
+    for family in sorted(set(selection) | set(report)):
+        lines += [f"## {family}", ""]
+        table = selection.get(family)
+        if table:
+            lines += [f"Selection half ({', '.join(sorted({v[0] for vs in table.values() for v in vs}))}), best {top} candidates and the reference rows:", "", header]
+            ranked = sorted(table.items(), key=lambda item: (np.mean([v[1] for v in item[1]]), np.max([v[1] for v in item[1]])))
+            shown = [label for label, _ in ranked[:top]]
+            for label in ("default", "es-wmv", "es-emv", "inline-risk (before)", "fixed count (plain DIP, better output)"):
+                if label in table and label not in shown:
+                    shown.append(label)
+            lines += [_line(label, table[label]) for label in shown] + [""]
+        else:
+            lines += ["No selection run of this family: its default follows the closest family (see plan.py).", ""]
+        table = report.get(family)
+        if table:
+            lines += [f"Report half ({', '.join(sorted({v[0] for vs in table.values() for v in vs}))}), the default and the references:", "", header]
+            for label in ("default", "es-wmv", "es-emv", "inline-risk (before)", "fixed count (plain DIP, better output)"):
+                if label in table:
+                    lines.append(_line(label, table[label]))
+            lines += ["", "Per run (report half, default): " + ", ".join(f"{stem} {gap:.2f} dB at {share:.2f} of the count"
+                                                                     for stem, gap, share, *_ in table["default"]), ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--report", action="store_true", help="also the held-back half, and write bench/results/rules.md")
+    parser.add_argument("--folder", type=Path, default=FOLDER)
+    parser.add_argument("--top", type=int, default=8, help="candidates shown per family in rules.md")
+    args = parser.parse_args(argv)
+    runs = load(args.folder)
+    grid = candidates()
+    selection = study([r for r in runs if r["experiment"]["half"] == "selection"], grid)
+    for family, table in selection.items():
         print(f"\n== {family} ({', '.join(sorted({s for v in table.values() for s, *_ in v}))})")
         ranked = sorted(table.items(), key=lambda item: np.mean([g for _, g, *_ in item[1]]))
         for label, values in ranked:
             gaps = [g for _, g, *_ in values]
             print(f"  {label:38s} mean gap {np.mean(gaps):5.2f}  worst {np.max(gaps):5.2f}  "
                   f"share of cap {np.mean([f for _, _, f, *_ in values]):4.2f}  vs fixed {np.mean([v[-1] for v in values]):+5.2f} dB")
+    if args.report:
+        report = study([r for r in runs if r["experiment"]["half"] == "report"], grid)
+        path = RESULTS / "rules.md"
+        path.write_text(markdown(selection, report, runs, args.top))
+        print(f"wrote {path}")
     return 0
 
 

@@ -17,6 +17,7 @@ from oscfast import io
 from oscfast.config import DIPConfig, ProbeName, RuleName, StopConfig
 from oscfast.checkpoint import Checkpoint, fingerprint_tensor
 from oscfast.engine import EngineOptions, RunRecord, SyncInfo, run_fits
+from oscfast.memory import check_memory, estimate_run_bytes
 from oscfast.metrics import psnr_torch
 from oscfast.plan import RunPlan, plan_restoration
 from oscfast.presets import PRESETS, get_preset
@@ -194,6 +195,7 @@ def restore(
     operator: Callable[[torch.Tensor], torch.Tensor] | None = None,
     output_shape: tuple[int, int, int] | None = None,
     adjoint: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    quality: int | None = None,
     callback: Callable[[Progress], None] | None = None,
     cancel: Callable[[], bool] | threading.Event | None = None,
     checkpoint: str | Path | None = None,
@@ -231,6 +233,9 @@ def restore(
         config, stop_config: full configurations, overriding the preset.
         mask, mask_threshold, keep, keep_known, factor, kernel, blur_sigma, operator,
             output_shape, adjoint: task options (see the README's task table).
+        quality: task "jpeg": the JPEG quality, when the image is not the JPEG file itself (a
+            JPEG file's own quantisation tables are read from it); it sets the error level of the
+            risk rule. Without either the rule runs to the cap.
         callback: called at each sync (every ``sync_every`` iterations) with a
             :class:`Progress` (what the progress bar shows), for an application's own display.
         cancel: a callable returning True, or a ``threading.Event``: once it says so, the run
@@ -287,7 +292,10 @@ def restore(
     task_options = dict(
         mask=mask, mask_threshold=mask_threshold, keep=keep, keep_known=keep_known, factor=factor,
         kernel=kernel, blur_sigma=blur_sigma, operator=operator, output_shape=output_shape, adjoint=adjoint,
+        quality=quality,
     )
+    if task == "jpeg" and quality is None:
+        task_options.update(_jpeg_tables(image))
     if isinstance(task, Task):
         if any(value is not None for value in task_options.values()):
             raise ValueError("task options (mask=, factor=, ...) go into the Task object, not restore()")
@@ -333,6 +341,10 @@ def restore(
             )
         reference_tensor = io.image_to_tensor(reference_array)
 
+    # before the probe and its noise are drawn (image-sized arrays): a run that cannot fit is
+    # refused first, counting two fits (the twin) whatever the rule
+    check_memory(estimate_run_bytes(task_object.output_shape, dip, ring_size=stop_settings.sync_every + 1, num_fits=2),
+                 resolved_device)
     plan = plan_restoration(task_object, dip, stop_settings, seed=seed)
     options = EngineOptions(device=resolved_device, precision=precision, seed=seed, progress=progress,
                             sync_every=stop_settings.sync_every)
@@ -375,6 +387,23 @@ def _check_whole_number(value: Any, name: str, expected: str) -> None:
         raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
     if not isinstance(value, numbers.Integral) and not (math.isfinite(value) and float(value).is_integer()):
         raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def _jpeg_tables(image: Any) -> dict[str, Any]:
+    """The quantisation tables and chroma subsampling of a JPEG file or PIL JPEG image."""
+    from PIL import Image
+
+    from oscfast.noise_level import jpeg_quantization, jpeg_subsampling
+
+    if not isinstance(image, (str, Path, Image.Image)):
+        return {}
+    try:
+        tables = jpeg_quantization(image)
+    except (ValueError, OSError):
+        return {}  # not readable as a JPEG: load_image reports what is wrong
+    if tables is None:
+        return {}
+    return {"quantization": tables, "subsampling": jpeg_subsampling(image)}
 
 
 def check_net_fits(config: DIPConfig, height: int, width: int) -> None:

@@ -77,10 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="oscfast", description="Deep Image Prior restoration that stops by itself."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    defaults = argparse.ArgumentDefaultsHelpFormatter
-
     class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-        pass
+        """Shows a default unless the help text already says it, or there is none."""
+
+        def _get_help_string(self, action: argparse.Action) -> str | None:
+            text = action.help or ""
+            if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+                return text
+            return super()._get_help_string(action)
+
+    defaults = Formatter
 
     rest = commands.add_parser(
         "restore", help="restore one image", formatter_class=Formatter,
@@ -99,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="masked tasks: put the known pixels back into the result")
     rest.add_argument("--kernel", type=Path, default=None, help="deblur: blur kernel (.npy or image)")
     rest.add_argument("--blur-sigma", type=float, default=None, help="deblur: Gaussian blur sigma in px")
+    rest.add_argument("--quality", type=_positive_int, default=None,
+                      help="jpeg: the JPEG quality when the input is not the JPEG file itself (a .jpg's own tables are read)")
     rest.add_argument("--probe", choices=PROBE_CHOICES, default=None, help="where the pseudo-noise goes (default: per task)")
     rest.add_argument("--rule", choices=RULE_CHOICES, default=None, help="stop rule (default: per task)")
     rest.add_argument("--noise-level", type=_non_negative_float, default=None,
@@ -247,6 +255,7 @@ def _restore(args: argparse.Namespace) -> int:
         noise_level=args.noise_level,
         pseudo_noise_std=args.pseudo_noise_std,
         output=args.output_kind,
+        quality=args.quality,
     )
     result.save(args.output)
     if args.plot:

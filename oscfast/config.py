@@ -30,8 +30,9 @@ class StopConfig:
             fit, the paper) or ``"none"``. None: the task's default.
         pseudo_noise_std: sigma_n (1/25 for images in [0, 1], the paper's); 0 means no probe.
         noise_level: std of the measurement noise for the risk rule (None: the task's estimate).
-        half_window, smoothing, patience, significance, min_curvature: knee rule (L: None ->
-            max(50, cap / 7.5); patience None -> L).
+        half_window, smoothing, patience, significance, min_curvature, min_rise: knee rule
+            (L: None -> max(50, cap / 7.5); patience None -> L; min_rise: the rise of P after
+            the knee that confirms it).
         risk_smoothing, patience_ratio, min_patience: risk rule (min_patience None ->
             max(50, cap / 15)).
         es_patience: ES-WMV / ES-EMV patience (1000 in their notebooks).
@@ -48,6 +49,7 @@ class StopConfig:
     patience: int | None = None
     significance: float = 3.0
     min_curvature: float = 0.0
+    min_rise: float = 0.05
     risk_smoothing: int = 25
     patience_ratio: float = 0.5
     min_patience: int | None = None
@@ -57,7 +59,7 @@ class StopConfig:
     sync_every: int = 25
 
     def __post_init__(self) -> None:
-        for name in ("pseudo_noise_std", "noise_level", "significance", "min_curvature", "patience_ratio", "plateau_db"):
+        for name in ("pseudo_noise_std", "noise_level", "significance", "min_curvature", "min_rise", "patience_ratio", "plateau_db"):
             value = getattr(self, name)
             if value is None and name == "noise_level":
                 continue
@@ -92,8 +94,8 @@ class StopConfig:
             raise ValueError(f"half_window must be >= 2, got {self.half_window}")
         if self.patience is not None and self.patience < 0:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
-        if self.patience_ratio < 0 or self.significance < 0:
-            raise ValueError("patience_ratio and significance must be >= 0")
+        if self.patience_ratio < 0 or self.significance < 0 or self.min_rise < 0:
+            raise ValueError("patience_ratio, significance and min_rise must be >= 0")
 
 
 @dataclass(frozen=True)

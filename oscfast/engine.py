@@ -78,6 +78,10 @@ class EngineOptions:
         emv_alpha: the ES-EMV weight alpha.
         change_lag: the plateau signal compares the averaged output with the one this many
             iterations earlier.
+        compile: run the generator through ``torch.compile`` (inductor; the first step of each
+            shape pays the compile time; a failure falls back to eager with a logged reason).
+            Off by default: on this project's 2-core AVX2 CPU it measured slower than eager
+            (bench/results/throughput-*.md).
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -91,6 +95,7 @@ class EngineOptions:
     wmv_window: int = 100
     emv_alpha: float = 0.1
     change_lag: int = 100
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
@@ -281,7 +286,8 @@ class _DeviceState:
         self.geometry = canvas_geometry(height, width, config.net.stride_multiple)
         self.height, self.width = height, width
         self.generators = StackedGenerators(
-            config.net, channels, [fit.seed for fit in fits], strategy=options.strategy, device=device
+            config.net, channels, [fit.seed for fit in fits], strategy=options.strategy, device=device,
+            compile=options.compile,
         )
         self.optimizer = StackedAdam(list(self.generators.parameters()), num_slots=k, lr=config.learning_rate)
         self.z = torch.cat([make_input(config, self.geometry.height, self.geometry.width, seed=fit.seed + 1) for fit in fits])

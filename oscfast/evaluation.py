@@ -48,8 +48,8 @@ class Candidate:
 def candidate_rules(task_name: str) -> list[Candidate]:
     """The rules every evaluation run watches: the task's default first (it drives the run),
     then today's inline rules, the twin rules, the peers and the plateau variants."""
-    probe, rule = default_stop(task_name)
-    candidates = [Candidate("default", probe, rule)]
+    default = default_stop(task_name)
+    candidates = [Candidate("default", default.probe, default.rule, {"output": default.output})]
     candidates += [
         Candidate("inline-risk", "inline", "risk"),
         Candidate("inline-knee", "inline", "knee"),
@@ -142,11 +142,13 @@ def record(
     fits = [FitSpec(task, seed, probe=noise), FitSpec(task, seed, probe=noise, noisy_target=True)]
     watches = []
     for candidate in candidates:
-        settings = replace(stop, **dict(candidate.options))
+        overrides = dict(candidate.options)
+        output = overrides.pop("output", task.default_output)
+        settings = replace(stop, **overrides)
         risk = None
         if candidate.rule == "risk":
             risk = risk_constants(candidate.probe, noise_level=noise_level, probe_std=stop.pseudo_noise_std, rho=rho)
-        rule = make_rule(candidate.rule, stop=settings, max_iterations=cap, output=task.default_output, risk=risk)
+        rule = make_rule(candidate.rule, stop=settings, max_iterations=cap, output=output, risk=risk)
         if candidate.probe == "twin":
             watch = Watch(rule, fit=PLAIN, probe=PROBED, base=PLAIN, label=candidate.label)
         elif candidate.probe == "inline":

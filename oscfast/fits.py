@@ -22,8 +22,9 @@ Example:
 from __future__ import annotations
 
 import copy
+import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -31,6 +32,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from oscfast.models import NetSpec, build_net
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Strategy", "StackedAdam", "StackedGenerators", "initial_net", "without_running_stats"]
 
@@ -92,6 +95,7 @@ class StackedGenerators(nn.Module):
         *,
         strategy: Strategy = "auto",
         device: torch.device | str = "cpu",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if len(seeds) < 1:
@@ -119,6 +123,13 @@ class StackedGenerators(nn.Module):
         # milliseconds per call, which small nets notice
         self._shells = [copy.deepcopy(self._template[0]) for _ in range(self.num_fits)] if self.strategy == "loop" else []
         self._owners = [_owner(shell, names) for shell in self._shells]
+        #: torch.compile of the functional forward (one graph per shape, compiled on first use);
+        #: on failure the net runs eagerly and the reason is logged once
+        self._compiled: Callable | None = None
+        if compile:
+            template = self._template[0]
+            single = lambda params, x: functional_call(template, params, (x,))  # noqa: E731
+            self._compiled = torch.compile(single if self.strategy == "loop" else vmap(single))
 
     # -- parameters ---------------------------------------------------------------------------
     def slot_parameters(self, slot: int) -> dict[str, torch.Tensor]:
@@ -144,6 +155,12 @@ class StackedGenerators(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.ndim != 5 or z.shape[0] != self.num_fits:
             raise ValueError(f"input must have shape (K={self.num_fits}, 1, C, H, W), got {tuple(z.shape)}")
+        if self._compiled is not None:
+            try:
+                return self._compiled_forward(z)
+            except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
+                logger.warning("torch.compile failed (%s: %s); running the generator eagerly", type(error).__name__, error)
+                self._compiled = None
         if self.strategy == "loop":
             views = [torch.unbind(self.stacked[_key(name)]) for name in self.names]
             outputs = []
@@ -155,6 +172,13 @@ class StackedGenerators(nn.Module):
         template = self._template[0]
         params = {name: self.stacked[_key(name)] for name in self.names}
         return vmap(lambda p, x: functional_call(template, p, (x,)))(params, z)
+
+
+    def _compiled_forward(self, z: torch.Tensor) -> torch.Tensor:
+        assert self._compiled is not None
+        if self.strategy == "loop":
+            return torch.stack([self._compiled(self.slot_parameters(k), z[k]) for k in range(self.num_fits)])
+        return self._compiled({name: self.stacked[_key(name)] for name in self.names}, z)
 
 
 def _key(name: str) -> str:

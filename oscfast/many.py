@@ -70,6 +70,7 @@ def restore_many(
     config: DIPConfig | None = None,
     stop_config: StopConfig | None = None,
     on_result: Callable[[int, Restoration], None] | None = None,
+    strategy: str = "auto",
     **task_options: Any,
 ) -> list[Restoration]:
     """Restore many images, ``batch`` at a time in one batched step.
@@ -82,6 +83,7 @@ def restore_many(
         max_iterations, preset, device, precision, progress, config, stop_config: as
             :func:`oscfast.restore`.
         on_result: called as each restoration finishes, with its index and result.
+        strategy: how the fits share a step (:class:`oscfast.fits.StackedGenerators`).
         task_options: the task's options (``factor=``, ``mask=``, ...), the same for all.
 
     Returns:
@@ -105,7 +107,8 @@ def restore_many(
     for job in jobs:
         key = (job.task.output_shape, type(job.task), job.config, len(job.plan.fits), job.plan.rule, job.plan.probe)
         by_shape.setdefault(key, []).append(job)
-    options = EngineOptions(device=resolved, precision=precision, progress=progress, sync_every=stop.sync_every)
+    options = EngineOptions(device=resolved, precision=precision, progress=progress, sync_every=stop.sync_every,
+                            strategy=strategy)
     for group_jobs in by_shape.values():
         size = batch or auto_batch(group_jobs[0], resolved)
         _run_queue(group_jobs, min(size, len(group_jobs)), options, resolved, stop, results, on_result)

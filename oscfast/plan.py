@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from oscfast.config import DIPConfig, ProbeName, RuleName, StopConfig
 from oscfast.engine import FitSpec, Watch
@@ -16,27 +16,39 @@ from oscfast.probe import RiskConstants, probed_fraction, risk_constants
 from oscfast.stopping import CapRule, EMVRule, KneeRule, OutputKind, PaperRule, PlateauRule, RiskRule, StopRule, WMVRule
 from oscfast.tasks import Task
 
-__all__ = ["DEFAULT_STOP", "RunPlan", "default_stop", "make_rule", "plan_restoration"]
+__all__ = ["DEFAULT_STOP", "RunPlan", "StopDefault", "default_stop", "make_rule", "plan_restoration"]
 
 logger = logging.getLogger(__name__)
 
-#: task name -> (probe, rule) used when the caller names neither
-DEFAULT_STOP: dict[str, tuple[ProbeName, RuleName]] = {
-    "denoise": ("twin", "risk"),
-    "jpeg": ("twin", "risk"),
-    "deblur": ("twin", "risk"),
-    "custom": ("twin", "risk"),
-    "super_resolution": ("none", "plateau"),
-    "inpaint": ("none", "plateau"),
-    "restore_pixels": ("none", "plateau"),
+class StopDefault(NamedTuple):
+    """What a task gets when the caller names neither probe nor rule."""
+
+    probe: ProbeName
+    rule: RuleName
+    output: OutputKind  # the output the default rule returns
+
+
+#: task name -> default probe, rule and output, chosen on the selection half of the recorded
+#: runs (bench/rules_study.py, bench/results/rules.md). Noisy observations: the twin probe's
+#: risk estimate (it knows the noise level). Exact observations (masks, downsampling): the
+#: knee of the twin probe's P, returning the averaged output (its knee lags the raw peak by
+#: about L iterations, where the EMA is at its best).
+DEFAULT_STOP: dict[str, StopDefault] = {
+    "denoise": StopDefault("twin", "risk", "ema"),
+    "jpeg": StopDefault("twin", "risk", "ema"),
+    "deblur": StopDefault("twin", "risk", "raw"),
+    "custom": StopDefault("twin", "risk", "raw"),
+    "super_resolution": StopDefault("twin", "knee", "ema"),
+    "inpaint": StopDefault("twin", "knee", "ema"),
+    "restore_pixels": StopDefault("twin", "knee", "ema"),
 }
 
 #: rules that read the probe's P
 _NEEDS_PROBE = {"risk", "knee", "paper"}
 
 
-def default_stop(task_name: str) -> tuple[ProbeName, RuleName]:
-    """The (probe, rule) a task gets when the caller names neither."""
+def default_stop(task_name: str) -> StopDefault:
+    """The probe, rule and output a task gets when the caller names neither."""
     return DEFAULT_STOP.get(task_name, DEFAULT_STOP["custom"])
 
 
@@ -85,7 +97,8 @@ def make_rule(
     if name == "knee":
         return KneeRule(
             half_window=stop.half_window, smoothing=stop.smoothing, patience=stop.patience,
-            significance=stop.significance, min_curvature=stop.min_curvature, output=output, **common,
+            significance=stop.significance, min_curvature=stop.min_curvature, min_rise=stop.min_rise, output=output,
+            **common,
         )
     if name == "paper":
         return PaperRule(half_window=stop.half_window, output=output, **common)
@@ -106,7 +119,7 @@ def plan_restoration(task: Task, config: DIPConfig, stop: StopConfig, *, seed: i
     Raises:
         ValueError: a rule that needs the probe without one.
     """
-    default_probe, default_rule = default_stop(task.name)
+    default_probe, default_rule, default_output = default_stop(task.name)
     rule: RuleName = stop.rule or default_rule
     if stop.probe is not None:
         probe: ProbeName = stop.probe
@@ -125,7 +138,7 @@ def plan_restoration(task: Task, config: DIPConfig, stop: StopConfig, *, seed: i
     if rule in _NEEDS_PROBE and probe == "none":
         raise ValueError(f"rule {rule!r} reads the pseudo-noise probe: use probe='twin' or 'inline' and pseudo_noise_std > 0")
     cap = config.max_iterations
-    output = task.default_output
+    output = default_output if rule == default_rule else task.default_output
     if probe == "none":
         fits = [FitSpec(task, seed)]
         rule_object = make_rule(rule, stop=stop, max_iterations=cap, output=output)

@@ -399,7 +399,10 @@ class KneeRule(RuleBase):
     of P alone would produce (:func:`curvature_standard_error`, with the chord angle of that
     centre and the jitter of P up to the newest value it needs; so the choice does not depend
     on how P is fed). t* is the running argmax of the candidates; the rule stops once
-    ``patience`` centres have passed without a new maximum.
+    ``patience`` centres have passed without a new maximum and the fit has absorbed at least
+    ``min_rise`` more of the probe since t* (the smoothed P rose by that much: a knee that
+    no absorption follows is not the onset of overfitting). A t* never so confirmed is
+    dropped at the cap, which then returns its last image.
 
     Args:
         max_iterations: the iteration cap (scales the iteration axis).
@@ -411,10 +414,11 @@ class KneeRule(RuleBase):
         guard: ignore windows that start before the early minimum of the smoothed P.
         online: stop online (False: never stop, offline argmax).
         output: the output the rule returns.
+        signal: the P curve to read: ``"p"`` (of the raw output) or ``"p_ema"`` (of the average).
+        min_rise: the rise of the smoothed P after t* that confirms it (0: off).
     """
 
     name = "knee"
-    needs = frozenset({"p"})
 
     def __init__(
         self,
@@ -428,9 +432,15 @@ class KneeRule(RuleBase):
         guard: bool = True,
         online: bool = True,
         output: OutputKind = "raw",
+        signal: Literal["p", "p_ema"] = "p",
+        min_rise: float = 0.05,
     ) -> None:
         from oscfast.kernels import IncrementalCurvature
 
+        if signal not in ("p", "p_ema"):
+            raise ValueError(f"signal must be 'p' or 'p_ema', got {signal!r}")
+        self.signal = signal
+        self.needs = frozenset({signal})
         super().__init__(max_iterations=max_iterations, output=output)
         self.half_window = int(half_window) if half_window is not None else max(50, round(self.max_iterations / 7.5))
         if self.half_window < 2 or smoothing < 1 or significance < 0:
@@ -440,6 +450,9 @@ class KneeRule(RuleBase):
         if self.patience < 0:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
         self.significance = float(significance)
+        if not min_rise >= 0:
+            raise ValueError(f"min_rise must be >= 0, got {min_rise}")
+        self.min_rise = float(min_rise)
         self.min_curvature = float(min_curvature)
         self.guard, self.online = guard, online
         self.lag = self.half_window
@@ -458,7 +471,7 @@ class KneeRule(RuleBase):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state["_curve"] = self.history("p")
+        state["_curve"] = self.history(self.signal)
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -497,7 +510,7 @@ class KneeRule(RuleBase):
         return max(self.min_curvature, self.significance * se)
 
     def _advance(self, first: int, end: int) -> None:
-        p = self._history["p"]
+        p = self._history[self.signal]
         kappas = self._curve.push_many(p[first:end])
         pbar = self._curve.pbar
         absdiff = np.abs(np.diff(p[:end]))
@@ -517,8 +530,13 @@ class KneeRule(RuleBase):
                 self._best_curvature = kappa
                 self._choose(centre, score=kappa)
             chosen = self._decision.iteration
-            if self.online and chosen is not None and centre - chosen >= self.patience:
+            if not self.online or chosen is None or self._decision.should_stop:
+                continue
+            confirmed = pbar[newest] - pbar[chosen] >= self.min_rise
+            if confirmed and centre - chosen >= self.patience:
                 self._fire(newest + 1)
+            elif not confirmed and newest == self.max_iterations - 1:
+                self._choose(newest)  # an unconfirmed knee at the cap: the last image
 
     def scores(self) -> dict[str, np.ndarray]:
         return {"curvature of smoothed P": self.curvature}
@@ -533,7 +551,7 @@ class PaperRule(KneeRule):
     def __init__(self, *, max_iterations: int, half_window: int | None = None, output: OutputKind = "raw") -> None:
         super().__init__(
             max_iterations=max_iterations, half_window=half_window, smoothing=1, significance=0.0,
-            min_curvature=-math.inf, guard=False, online=False, output=output,
+            min_curvature=-math.inf, guard=False, online=False, output=output, min_rise=0.0,
         )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import logging
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 OutputKind = Literal["ema", "raw"]
+
+logger = logging.getLogger(__name__)
 
 
 class Task(nn.Module):
@@ -91,14 +94,12 @@ class Task(nn.Module):
         return 0.0
 
 
-def estimate_noise_level(observation: torch.Tensor) -> float:
-    """Gaussian noise std of an image: Donoho's robust estimator, the median absolute value
-    of the finest diagonal Haar wavelet coefficients / 0.6745, averaged over channels."""
-    image = observation.detach().cpu().double()[0]
-    height, width = (image.shape[1] // 2) * 2, (image.shape[2] // 2) * 2
-    x = image[:, :height, :width]
-    diagonal = (x[:, 0::2, 0::2] - x[:, 0::2, 1::2] - x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) / 2
-    return float(diagonal.abs().flatten(1).median(dim=1).values.mean() / 0.6745)
+def observation_noise_level(observation: torch.Tensor) -> float:
+    """White-noise std of an observation (1, C, H, W): Donoho's estimator
+    (:func:`oscfast.noise_level.donoho_noise_level`, chosen by bench/noise_level.py)."""
+    from oscfast.noise_level import donoho_noise_level
+
+    return donoho_noise_level(observation.detach().cpu()[0].permute(1, 2, 0).double().numpy())
 
 
 class Denoise(Task):
@@ -117,13 +118,48 @@ class Denoise(Task):
         return y
 
     def noise_level(self) -> float:
-        return estimate_noise_level(self.observation)
+        return observation_noise_level(self.observation)
 
 
 class JPEG(Denoise):
-    """Blind JPEG-artefact removal: A is the identity, the target is the JPEG image."""
+    """Blind JPEG-artefact removal: A is the identity, the target is the JPEG image.
+
+    The risk rule needs the size of the JPEG error. It comes from the quantisation tables
+    (``tables``, as Pillow reads them from the file; ``subsampling`` in Pillow's code), or from
+    the standard tables of ``quality``; with neither, Donoho's white-noise estimate is used,
+    which sees a few percent of a JPEG's error, so the risk rule then runs to the cap.
+
+    Args:
+        observation: the decoded JPEG, (1, C, H, W).
+        tables: quantisation tables (table index -> 64 values, natural order).
+        subsampling: chroma subsampling (0: 4:4:4, 1: 4:2:2, 2: 4:2:0; None: 4:2:0).
+        quality: the JPEG quality, when the tables are not at hand.
+    """
 
     name = "jpeg"
+
+    def __init__(self, observation: torch.Tensor, *, tables: Any = None, subsampling: int | None = None,
+                 quality: int | None = None) -> None:
+        super().__init__(observation)
+        if quality is not None and (isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100):
+            raise ValueError(f"quality must be an integer in 1..100, got {quality!r}")
+        if tables is not None and quality is not None:
+            raise ValueError("give either the quantisation tables or quality=, not both")
+        self.tables = tables
+        self.subsampling = subsampling
+        self.quality = quality
+
+    def noise_level(self) -> float:
+        from oscfast.noise_level import jpeg_noise_level, jpeg_tables_for_quality
+
+        tables = self.tables if self.tables is not None else (
+            jpeg_tables_for_quality(int(self.quality)) if self.quality is not None else None)
+        if tables is None:
+            logger.warning("JPEG task without quantisation tables or quality=: the error level is unknown and "
+                           "the risk rule will run to the cap (give quality= or a JPEG file)")
+            return super().noise_level()
+        image = self.observation.detach().cpu()[0].permute(1, 2, 0).double().numpy()
+        return float(jpeg_noise_level(image, tables, subsampling=self.subsampling))
 
 
 class SuperResolution(Task):
@@ -213,7 +249,7 @@ class Deblur(Task):
         return self.blur(x)
 
     def noise_level(self) -> float:
-        return estimate_noise_level(self.observation)
+        return observation_noise_level(self.observation)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return self.blur.adjoint(y)
@@ -304,7 +340,7 @@ class CustomOperator(Task):
 #: which keyword options each named task takes
 TASK_OPTIONS: dict[str, frozenset[str]] = {
     "denoise": frozenset(),
-    "jpeg": frozenset(),
+    "jpeg": frozenset({"quality", "quantization", "subsampling"}),
     "super_resolution": frozenset({"factor"}),
     "inpaint": frozenset({"mask", "keep_known", "mask_threshold"}),
     "restore_pixels": frozenset({"mask", "keep", "keep_known", "mask_threshold"}),
@@ -364,7 +400,7 @@ def build_task(task: str, observation: np.ndarray, *, seed: int = 0, **options: 
     if task == "denoise":
         return Denoise(y)
     if task == "jpeg":
-        return JPEG(y)
+        return JPEG(y, tables=options.get("quantization"), subsampling=options.get("subsampling"), quality=options.get("quality"))
     if task == "super_resolution":
         factor = options.get("factor")
         return SuperResolution(y, factor=4 if factor is None else factor)

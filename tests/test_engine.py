@@ -181,7 +181,7 @@ def test_online_knee_choice_equals_batch_argmax_and_image_is_exact(tiny_config: 
     config = tiny_config.with_options(max_iterations=400)
     noise = gaussian_pseudo_noise((1, 3, 64, 64), 0.04, seed=3)
     spec = FitSpec(Denoise(noisy), seed=0, probe=noise, noisy_target=True)
-    rule = KneeRule(max_iterations=400, half_window=15, patience=15, significance=0.0)
+    rule = KneeRule(max_iterations=400, half_window=15, patience=15, significance=0.0, min_rise=0.0)
     run = run_fits([spec], config, [Watch(rule, fit=0, probe=0)], options=cpu())
     decision = run.decision
     assert decision.should_stop and decision.iteration is not None and run.iterations_run < 400
@@ -333,3 +333,25 @@ def test_gpu_default_rule_drives_a_twin_run(tiny_config: DIPConfig) -> None:
                    options=EngineOptions(device=torch.device("cuda"), progress=False))
     assert run.decision.iteration is not None and run.decision.should_stop
     assert run.raw_image.shape == (1, 3, 64, 64) and torch.isfinite(run.raw_image).all()
+
+
+def test_compile_failure_falls_back_to_eager(tiny_config: DIPConfig, monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """With compile=True and a compiler that fails, the run goes on eagerly, says why once in
+    the log, and gives the eager run's images exactly."""
+
+    def broken_compile(function, **_options):
+        def call(*_args, **_kwargs):
+            raise RuntimeError("no C++ compiler on this machine")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    noisy, _ = noisy_pair(size=48)
+    config = tiny_config.with_options(max_iterations=6)
+    spec = [FitSpec(Denoise(noisy), seed=2)]
+    eager = run_fits(spec, config, [cap_watch(6)], options=cpu())
+    with caplog.at_level("WARNING", logger="oscfast.fits"):
+        fallback = run_fits(spec, config, [cap_watch(6)], options=cpu(compile=True))
+    assert torch.equal(eager.last_images, fallback.last_images)
+    warnings = [r.getMessage() for r in caplog.records if "torch.compile failed" in r.getMessage()]
+    assert len(warnings) == 1 and "no C++ compiler" in warnings[0]

@@ -483,8 +483,10 @@ def task_cases(draw: st.DrawFn) -> tuple[np.ndarray, Any, dict[str, Any]]:
         "blur_sigma": numbers_with(0.5, 1.0, 2.0, 1e-30, 1e-300, 44, 45, 1e6, low=-2, high=5),
         "operator": st.sampled_from([lambda x: x, 3]),
         "output_shape": st.sampled_from([(3, 40, 40), None]),
+        "quality": numbers_with(1, 10, 50, 95, 100, 101, 50.0, low=-5, high=120),
     }
-    applicable = sorted(TASK_OPTIONS.get(task, ())) if isinstance(task, str) else []
+    # the task's options that restore() takes as keywords (the JPEG tables are read from the file)
+    applicable = sorted(set(TASK_OPTIONS.get(task, ())) & set(option_values)) if isinstance(task, str) else []
     names = draw(st.lists(st.sampled_from(applicable), unique=True, max_size=3)) if applicable else []
     if draw(st.integers(0, 9)) == 0:  # now and then an option that does not apply
         names.append(draw(st.sampled_from(sorted(option_values))))

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from oscfast import noise_level as nl
-from oscfast.tasks import estimate_noise_level as tasks_estimate
+from oscfast.tasks import observation_noise_level
 
 
 def smooth(size: int = 128, channels: int = 3, seed: int = 0) -> np.ndarray:
@@ -88,7 +88,12 @@ def test_gray_2d_image_equals_one_channel():
 def test_donoho_matches_historical_tasks_estimator():
     image, _ = noisy(smooth(size=37), 0.1)  # Odd size: the last row and column are dropped.
     tensor = torch.from_numpy(image).permute(2, 0, 1)[None]
-    assert nl.donoho_noise_level(image) == pytest.approx(tasks_estimate(tensor), rel=1e-12)
+    # the formula written out with torch: diagonal Haar coefficients, lower median, / 0.6745
+    x = tensor[0].double()[:, :36, :36]
+    diagonal = (x[:, 0::2, 0::2] - x[:, 0::2, 1::2] - x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) / 2
+    expected = float(diagonal.abs().flatten(1).median(dim=1).values.mean() / 0.6745)
+    assert nl.donoho_noise_level(image) == pytest.approx(expected, rel=1e-12)
+    assert observation_noise_level(tensor) == pytest.approx(expected, rel=1e-6)
 
 
 def test_pca_strided_patches_on_large_image():

@@ -22,6 +22,7 @@ from oscfast.stopping import (
     StopRule,
     WMVRule,
     curvature_standard_error,
+    trailing_mean,
 )
 
 from conftest import SHARED
@@ -33,10 +34,10 @@ def knee_curve(n: int = 900, knee: int = 400, slope: float = 1e-3, seed: int = 0
     return np.where(s < knee, 0.0, (s - knee) * slope) + rng.normal(0, jitter, n)
 
 
-def feed(rule: StopRule, chunk: int, **signals: np.ndarray) -> None:
+def feed(rule: StopRule, chunk: int, start: int = 0, **signals: np.ndarray) -> None:
     n = next(iter(signals.values())).size
-    for start in range(0, n, chunk):
-        rule.update(Signals(start, {k: v[start : start + chunk] for k, v in signals.items()}))
+    for first in range(0, n, chunk):
+        rule.update(Signals(start + first, {k: v[first : first + chunk] for k, v in signals.items()}))
 
 
 # -- the probe ---------------------------------------------------------------------------------
@@ -204,6 +205,40 @@ def test_knee_stops_after_the_knee_with_patience() -> None:
     assert decision.should_stop
     assert abs(decision.iteration - 404) <= 10  # the kink at 400 + (w - 1) / 2 after smoothing
     assert decision.stop_iteration == decision.iteration + 50 + 60 + 1
+
+
+def test_knee_waits_for_the_rise_that_confirms_it() -> None:
+    """A knee is confirmed only once the smoothed P rose by min_rise after it: with a slow
+    rise after the kink the stop comes later than the patience alone would give, and exactly
+    where the rise is reached."""
+    s = np.arange(1200)
+    p = np.where(s < 400, 0.0, (s - 400) * 1e-4)  # rises by 0.05 only 500 iterations after the kink
+    rule = KneeRule(max_iterations=1200, half_window=50, patience=60, min_rise=0.05)
+    feed(rule, 25, p=p)
+    decision = rule.decision
+    assert decision.should_stop and abs(decision.iteration - 404) <= 10
+    pbar = trailing_mean(p, rule.smoothing)
+    first_risen = int(np.argmax(pbar - pbar[decision.iteration] >= 0.05))
+    assert decision.stop_iteration == max(first_risen, decision.iteration + 50 + 60) + 1 > decision.iteration + 50 + 60 + 1
+    unconfirmed = KneeRule(max_iterations=1200, half_window=50, patience=60, min_rise=0.2)
+    feed(unconfirmed, 25, p=p)
+    assert not unconfirmed.decision.should_stop
+
+
+def test_unconfirmed_knee_is_dropped_at_the_cap() -> None:
+    """A bump in a flat, jittery P is a knee by curvature but nothing is absorbed after it:
+    the rule never stops and at the cap returns the last iterate, not the bump."""
+    rng = np.random.default_rng(1)
+    s = np.arange(600)
+    p = 0.01 * np.exp(-(((s - 200) / 20.0) ** 2)) + rng.normal(0, 1e-3, s.size)
+    rule = KneeRule(max_iterations=600, half_window=50, significance=0.0, min_rise=0.05)
+    feed(rule, 25, p=p[:400])
+    assert rule.decision.iteration is not None and rule.decision.iteration < 400  # a candidate...
+    feed(rule, 25, p=p[400:], start=400)
+    assert not rule.decision.should_stop and rule.decision.iteration == 599  # ...dropped at the cap
+    eager = KneeRule(max_iterations=600, half_window=50, significance=0.0, min_rise=0.0)
+    feed(eager, 25, p=p)
+    assert eager.decision.should_stop and eager.decision.iteration < 300  # what the rise test prevents
 
 
 def test_knee_choice_does_not_depend_on_how_p_is_fed() -> None:

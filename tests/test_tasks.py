@@ -209,7 +209,7 @@ def test_restore_pixels_without_mask_draws_keep_fraction(keep: float | None) -> 
 
 @pytest.mark.parametrize("keep", [0.0, -0.2, 1.01, 2.0, float("nan")])
 def test_restore_pixels_keep_outside_unit_interval_is_refused(keep: float) -> None:
-    with pytest.raises(ValueError, match=r"keep must lie in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"keep must (lie in|be a finite number).*\(0, 1\]"):
         fast_restore(make_image(H, W, 3), "restore_pixels", keep=keep)
 
 
@@ -448,7 +448,10 @@ def test_unknown_preset_lists_the_valid_ones(task: str, options: dict) -> None:
 # 5. End to end: the returned image is near the best of the run
 # ------------------------------------------------------------------------------------------
 E2E_ITERATIONS = 300
-E2E_CONFIG = DIPConfig(net=DENOISE_SPEC.scaled(0.25), max_iterations=E2E_ITERATIONS)
+# scaled down like the net and the run: the EMA's time constant (20 iterations) is a few percent
+# of the run, as 0.99 (100 iterations) is of the published 1000-11000 (with 0.99 a 300-iteration
+# run returns an average that still lags a rising fit by ~3 dB)
+E2E_CONFIG = DIPConfig(net=DENOISE_SPEC.scaled(0.25), max_iterations=E2E_ITERATIONS, ema_decay=0.95)
 
 
 def _e2e_denoise(clean):
