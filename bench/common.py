@@ -37,6 +37,9 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        # other work on the machine when the numbers were taken (timings are only comparable
+        # within one run when this is high)
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
     from oscfast.hardware import cpu_description
 

@@ -109,9 +109,10 @@ def block_throughput() -> str:
     for path in files:
         text = path.read_text()
         info = json.loads(path.with_suffix(".json").read_text())["machine"]
-        tables = [line for line in text.splitlines() if line.startswith("|")]
+        body = text[text.index("naive loop ="):] if "naive loop =" in text else text
         command = re.search(r"command: `([^`]*)`", text)
-        parts.append(f"`{path.name}` ({_cpu(info)}; `{command.group(1) if command else ''}`):\n\n" + "\n".join(tables))
+        parts.append(f"`bench/results/{path.name}` ({_cpu(info)}, load average {info.get('load_average_1m', '?')} "
+                     f"with the run; `{command.group(1) if command else ''}`). {body.strip()}")
     return "\n\n".join(parts)
 
 

@@ -344,7 +344,7 @@ def restore(
     # before the probe and its noise are drawn (image-sized arrays): a run that cannot fit is
     # refused first, counting two fits (the twin) whatever the rule
     check_memory(estimate_run_bytes(task_object.output_shape, dip, ring_size=stop_settings.sync_every + 1, num_fits=2),
-                 resolved_device)
+                 resolved_device, shape_hw=tuple(task_object.output_shape[1:]))
     plan = plan_restoration(task_object, dip, stop_settings, seed=seed)
     options = EngineOptions(device=resolved_device, precision=precision, seed=seed, progress=progress,
                             sync_every=stop_settings.sync_every)

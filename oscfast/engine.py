@@ -663,7 +663,7 @@ class BatchRun:
                 estimate_run_bytes(fits[0].task.output_shape, config, ring_size=ring_size, num_fits=len(fits),
                                    window=options.wmv_window if "wmv" in self.signals else 0,
                                    change_lag=options.change_lag if "change" in self.signals else 0),
-                options.device,
+                options.device, shape_hw=tuple(fits[0].task.output_shape[1:]),
             )
         self.state = _DeviceState(fits, config, signals=self.signals, metrics=self.metrics, ring_size=ring_size, options=options)
         self.seconds = 0.0

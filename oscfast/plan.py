@@ -32,7 +32,8 @@ class StopDefault(NamedTuple):
 #: runs (bench/rules_study.py, bench/results/rules.md). Noisy observations: the twin probe's
 #: risk estimate (it knows the noise level). Exact observations (masks, downsampling): the
 #: knee of the twin probe's P, returning the averaged output (its knee lags the raw peak by
-#: about L iterations, where the EMA is at its best).
+#: about L iterations, where the EMA is at its best). Super-resolution had no recorded run when
+#: this was chosen: it follows the other exact-observation family.
 DEFAULT_STOP: dict[str, StopDefault] = {
     "denoise": StopDefault("twin", "risk", "ema"),
     "jpeg": StopDefault("twin", "risk", "ema"),

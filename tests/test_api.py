@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from PIL import Image
 import oscfast
 from oscfast import restore
 from oscfast.config import DIPConfig, StopConfig
+from oscfast.memory import available_bytes, estimate_run_bytes
+from oscfast.presets import get_preset
 
 from conftest import smooth_image
 
@@ -120,8 +123,13 @@ def test_unknown_keyword_is_a_type_error() -> None:
 def test_too_large_for_memory_is_refused_before_allocating() -> None:
     # 8000 x 8000 gray: one 128-channel activation at full size is already 32 GiB
     big = np.full((8000, 8000), 128, np.uint8)
-    with pytest.raises(oscfast.TooLargeError, match="too large for memory"):
+    with pytest.raises(oscfast.TooLargeError, match="too large for memory") as error:
         restore(big, progress=False, device="cpu", max_iterations=2)
+    # the message names a size that fits: the estimate for it is within the free memory
+    height, width = map(int, re.search(r"fits is about (\d+)x(\d+) px", str(error.value)).groups())
+    assert 32 <= height == width < 8000
+    needed = estimate_run_bytes((1, height, width), get_preset("denoise", None), ring_size=26, num_fits=2)
+    assert needed <= 0.9 * available_bytes(torch.device("cpu"))
 
 
 @pytest.mark.parametrize("net", ["unet", "resnet"])

@@ -51,3 +51,12 @@ def test_editable_or_current_install_imports_from_this_repo() -> None:
 
     assert Path(oscfast.models.__file__).resolve().parent == REPO / "models"
     assert Path(oscfast.kernels.__file__).resolve().parent == REPO / "kernels"
+
+
+def test_readme_results_match_the_result_files() -> None:
+    """The README's measured results are generated from bench/results/ (bench/readme.py):
+    a number typed into a generated block, or a result file changed without regenerating,
+    fails here."""
+    check = subprocess.run([sys.executable, str(REPO / "bench" / "readme.py"), "--check"],
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr
