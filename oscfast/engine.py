@@ -522,6 +522,18 @@ class _DeviceState:
                 yield getattr(self, name)
 
 
+def cuda_graph_unavailable_reason() -> str | None:
+    """Why this torch cannot capture the step in a CUDA graph (None: it can). The step draws
+    the reg-noise inside the graph, which needs graph-safe generator states
+    (``CUDAGraph.register_generator_state``); older torch builds lack it, and the engine then
+    runs the step eagerly."""
+    graph_class = getattr(torch.cuda, "CUDAGraph", None)
+    if graph_class is None or not hasattr(graph_class, "register_generator_state"):
+        return (f"torch {torch.__version__} has no CUDAGraph.register_generator_state (graph-safe reg-noise "
+                "draws); running the step eagerly")
+    return None
+
+
 def _capture_cuda_graph(state: _DeviceState, warmup: int = 3) -> torch.cuda.CUDAGraph:
     """Capture one step in a CUDA graph; the warm-up steps it needs are undone afterwards."""
     saved = [tensor.detach().clone() for tensor in state.mutable_tensors()]
@@ -671,6 +683,7 @@ class BatchRun:
         #: False while a step block runs: a state_dict taken then (after Ctrl-C) would not resume
         self.consistent = True
         self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_warned = False
 
     # -- slots ------------------------------------------------------------------------------
     def replace_group(self, index: int, fits: Sequence[FitSpec], watches: Sequence[Watch], driver: int = 0, tag: object = None) -> None:
@@ -718,7 +731,12 @@ class BatchRun:
         try:
             with flags:
                 if options.use_cuda_graph and self._graph is None:
-                    self._graph = _capture_cuda_graph(state)
+                    reason = cuda_graph_unavailable_reason()
+                    if reason is None:
+                        self._graph = _capture_cuda_graph(state)
+                    elif not self._graph_warned:
+                        logger.warning(reason)
+                        self._graph_warned = True
                 run_step = self._graph.replay if self._graph is not None else state.step
                 while any(not g.finished for g in self.groups):
                     count = min(options.sync_every, *(cap - g.done for g in self.groups if not g.finished))

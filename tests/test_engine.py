@@ -355,3 +355,17 @@ def test_compile_failure_falls_back_to_eager(tiny_config: DIPConfig, monkeypatch
     assert torch.equal(eager.last_images, fallback.last_images)
     warnings = [r.getMessage() for r in caplog.records if "torch.compile failed" in r.getMessage()]
     assert len(warnings) == 1 and "no C++ compiler" in warnings[0]
+
+
+def test_cuda_graph_needs_graph_safe_generators(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a torch without CUDAGraph.register_generator_state the engine names the reason and
+    runs eagerly instead of capturing a graph that would replay one reg-noise draw."""
+    from oscfast.engine import cuda_graph_unavailable_reason
+
+    if torch.cuda.is_available():
+        assert cuda_graph_unavailable_reason() is None  # a CUDA build of the torch we require has it
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "register_generator_state", lambda self, generator: None, raising=False)
+    assert cuda_graph_unavailable_reason() is None
+    monkeypatch.delattr(torch.cuda.CUDAGraph, "register_generator_state")
+    reason = cuda_graph_unavailable_reason()
+    assert reason is not None and "register_generator_state" in reason and "eagerly" in reason
