@@ -16,16 +16,17 @@ file system) and have oscfast installed.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from oscfast.folder import FAILED, FolderRow, _fail, _Item, fill_row
 
-__all__ = ["LOCAL_NUM_CPUS", "MAX_RETRIES", "RAY_INSTALL_HINT", "import_ray", "restore_file", "run_ray"]
+__all__ = ["LOCAL_NUM_CPUS", "MAX_RETRIES", "RAY_INSTALL_HINT", "import_ray", "restore_file", "restore_images_ray", "run_ray"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,25 @@ def run_ray(items: Sequence[_Item], task: str, options: dict[str, Any], *, bar: 
     at the end; another address connects to that cluster (and disconnects at the end). A Ray
     already initialised in this process is used as it is and left running.
     """
+    refs: dict[Any, _Item] = {}
+    with _ray_session(address, num_cpus, refs) as ray:
+        use_gpu = _wants_cuda(options.get("device", "auto"))
+        worker_options = dict(options, device="cuda" if use_gpu else "cpu")
+        remote = ray.remote(num_gpus=1 if use_gpu else 0, max_retries=MAX_RETRIES, retry_exceptions=True)(restore_file)
+        refs.update({remote.remote(str(item.source), str(item.target), task, worker_options): item for item in items})
+        for item, row, error in _completed(ray, refs):
+            if error is not None:  # retries spent: reported in the summary
+                _fail(item, _ray_reason(error), bar)
+            else:
+                _take_row(item, row, bar)
+
+
+@contextlib.contextmanager
+def _ray_session(address: str | None, num_cpus: int, refs: dict[Any, Any]) -> Iterator[Any]:
+    """Ray, initialised for the block: None or ``"local"`` starts a local Ray with ``num_cpus``
+    CPUs, another address connects to that cluster; either is shut down at the end. A Ray
+    already initialised in this process is used as it is and left running. On the way out
+    (an error or an interrupt) the tasks still in ``refs`` are cancelled."""
     ray = import_ray()
     started = False
     if not ray.is_initialized():
@@ -87,31 +107,73 @@ def run_ray(items: Sequence[_Item], task: str, options: dict[str, Any], *, bar: 
         else:
             ray.init(address=address)
         started = True
-    refs: dict[Any, _Item] = {}
     try:
-        use_gpu = _wants_cuda(options.get("device", "auto"))
-        worker_options = dict(options, device="cuda" if use_gpu else "cpu")
-        remote = ray.remote(num_gpus=1 if use_gpu else 0, max_retries=MAX_RETRIES, retry_exceptions=True)(restore_file)
-        refs = {remote.remote(str(item.source), str(item.target), task, worker_options): item for item in items}
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                item = refs.pop(ref)
-                try:
-                    row = ray.get(ref)
-                except Exception as error:  # noqa: BLE001 - retries spent: reported in the summary
-                    _fail(item, _ray_reason(error), bar)
-                    continue
-                _take_row(item, row, bar)
+        yield ray
     finally:
-        for ref in refs:  # interrupted: stop what is still queued or running
+        for ref in refs:
             try:
                 ray.cancel(ref, force=True)
             except Exception:  # noqa: BLE001 - best effort
                 pass
         if started:
             ray.shutdown()
+
+
+def _completed(ray: Any, refs: dict[Any, Any]) -> Iterator[tuple[Any, Any, BaseException | None]]:
+    """(key, value, None) or (key, None, error) for each task of ``refs`` as it finishes; a
+    finished task leaves ``refs`` (what is left there is cancelled on the way out)."""
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        for ref in done:
+            key = refs.pop(ref)
+            try:
+                value, error = ray.get(ref), None
+            except Exception as failure:  # noqa: BLE001 - the caller decides
+                value, error = None, failure
+            yield key, value, error
+
+
+def _restore_one(index: int, image: Any, task: str, options: dict[str, Any]) -> Any:
+    """The body of one ``restore_many(..., backend="ray")`` task: the Restoration, or the
+    image's own fault (a ValueError/TypeError) as ``(index, type name, message)``, not retried."""
+    from oscfast.api import restore
+
+    try:
+        return restore(image, task, progress=False, **options)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        return (index, type(error).__name__, str(error))
+
+
+def restore_images_ray(images: Sequence[Any], task: str, options: dict[str, Any], *, address: str | None = None,
+                       num_cpus: int = LOCAL_NUM_CPUS, on_result: Any = None) -> list[Any]:
+    """One Ray task per image running :func:`oscfast.restore` with ``options``; the results in
+    input order. ``address`` as in :func:`run_ray`. A task whose worker dies is run again (up to
+    :data:`MAX_RETRIES` times); a bad image raises its ``ValueError``/``TypeError`` naming its
+    index, after the other tasks are cancelled.
+
+    Raises:
+        ImportError: Ray is not installed.
+        RuntimeError: a task failed for good (its retries spent).
+    """
+    refs: dict[Any, int] = {}
+    with _ray_session(address, num_cpus, refs) as ray:
+        use_gpu = _wants_cuda(str(options.get("device", "auto")))
+        worker_options = dict(options, device="cuda" if use_gpu else "cpu")
+        remote = ray.remote(num_gpus=1 if use_gpu else 0, max_retries=MAX_RETRIES, retry_exceptions=True)(_restore_one)
+        refs.update({remote.remote(index, image, task, worker_options): index for index, image in enumerate(images)})
+        results: dict[int, Any] = {}
+        for index, value, error in _completed(ray, refs):
+            if error is not None:  # retries spent
+                raise RuntimeError(f"image {index}: {_ray_reason(error)}")
+            if isinstance(value, tuple):  # the image's own fault
+                _, kind, message = value
+                error_type = {"ValueError": ValueError, "TypeError": TypeError}.get(kind, FileNotFoundError)
+                raise error_type(f"image {index}: {message}")
+            results[index] = value
+            if on_result is not None:
+                on_result(index, value)
+        return [results[index] for index in range(len(images))]
 
 
 def _wants_cuda(device: str) -> bool:

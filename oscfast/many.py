@@ -71,6 +71,8 @@ def restore_many(
     stop_config: StopConfig | None = None,
     on_result: Callable[[int, Restoration], None] | None = None,
     strategy: str = "auto",
+    backend: str = "local",
+    ray_address: str | None = None,
     **task_options: Any,
 ) -> list[Restoration]:
     """Restore many images, ``batch`` at a time in one batched step.
@@ -84,6 +86,11 @@ def restore_many(
             :func:`oscfast.restore`.
         on_result: called as each restoration finishes, with its index and result.
         strategy: how the fits share a step (:class:`oscfast.fits.StackedGenerators`).
+        backend: ``"local"`` (batched steps in this process) or ``"ray"`` (one Ray task per
+            image running :func:`oscfast.restore`, each on its worker's CPU or a GPU; needs
+            ``pip install 'oscfast[ray]'``; ``batch`` and ``strategy`` do not apply).
+        ray_address: ``None``/``"local"`` (start a local Ray, shut it down after) or a cluster
+            address; a Ray already initialised in this process is used as it is.
         task_options: the task's options (``factor=``, ``mask=``, ...), the same for all.
 
     Returns:
@@ -92,6 +99,14 @@ def restore_many(
     Raises:
         ValueError: a bad image or option (naming the image's index).
     """
+    if backend not in ("local", "ray"):
+        raise ValueError(f"unknown backend {backend!r}; expected 'local' or 'ray'")
+    if backend == "ray":
+        from oscfast.cluster import restore_images_ray
+
+        options = {"seed": seed, "max_iterations": max_iterations, "preset": preset, "device": str(device),
+                   "precision": precision, "config": config, "stop_config": stop_config, **task_options}
+        return restore_images_ray(list(images), task, options, address=ray_address, on_result=on_result)
     resolved = resolve_device(device)
     if batch is not None and (isinstance(batch, bool) or int(batch) != batch or batch < 1):
         raise ValueError(f"batch must be a positive integer, got {batch}")

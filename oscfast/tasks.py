@@ -256,7 +256,11 @@ class Deblur(Task):
 
 
 class CustomOperator(Task):
-    """Any differentiable callable x -> A(x) (a deepinv ``Physics`` object works too).
+    """Any differentiable callable x -> A(x), or a deepinv ``Physics``-like object.
+
+    An object with an ``A`` method (deepinv's ``Physics``) is used through ``A`` and, when it
+    has one, ``A_adjoint``: calling a deepinv ``Physics`` applies its noise model too, which a
+    DIP fit must not see at every step (the noise is in the observation already).
 
     Args:
         observation: the measurement y, (1, C', h, w).
@@ -289,6 +293,11 @@ class CustomOperator(Task):
         _check_allocation(4 * math.prod(output_shape), f"an output of shape {output_shape}")
         super().__init__(observation, (output_shape[1], output_shape[2]))
         self._image_channels = int(output_shape[0])
+        forward = getattr(operator, "A", None)
+        if callable(forward):  # deepinv-style: A (noise-free), not __call__ (A + noise)
+            if adjoint is None and callable(getattr(operator, "A_adjoint", None)):
+                adjoint = operator.A_adjoint
+            operator = forward
         self.operator = operator
         self._adjoint = adjoint
         # one call on a mid-grey image: the operator must run, return a real tensor of the
@@ -330,10 +339,7 @@ class CustomOperator(Task):
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         if self._adjoint is None:
-            adjoint = getattr(self.operator, "A_adjoint", None)
-            if adjoint is None:
-                return super().adjoint(y)
-            return adjoint(y)
+            return super().adjoint(y)
         return self._adjoint(y)
 
 

@@ -54,3 +54,34 @@ def test_ray_restores_each_image_once_even_when_a_worker_dies(tmp_path: Path) ->
         rows = list(csv.DictReader(stream))
     assert [row["file"] for row in rows] == NAMES
     assert all(row["status"] == "restored" and 1 <= int(row["iterations_run"]) <= 10 for row in rows)
+
+
+@pytest.mark.slow  # ~30-60 s, mostly Ray starting
+def test_restore_many_on_ray_equals_local_restores() -> None:
+    """restore_many(backend="ray"): one task per image, results in input order, each equal to
+    restore() with the same seed and thread count; a bad image names its index."""
+    import torch
+
+    from oscfast import restore
+    from oscfast.many import restore_many
+
+    images = [np.clip(smooth_image(40, seed=s) + np.random.default_rng(s).normal(0, 0.1, (40, 40, 3)), 0, 1)
+              .astype(np.float32) for s in range(3)]
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    try:
+        remote = restore_many(images, backend="ray", config=TINY, device="cpu", progress=False)
+        with pytest.raises(ValueError, match="image 1"):
+            restore_many([images[0], np.full((40, 40, 3), np.nan, np.float32)], backend="ray", config=TINY,
+                         device="cpu", progress=False)
+    finally:
+        ray.shutdown()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' count, for bit-identical CPU numerics
+    try:
+        local = [restore(image, config=TINY, device="cpu", progress=False) for image in images]
+    finally:
+        torch.set_num_threads(threads)
+    for ours, theirs in zip(remote, local):
+        np.testing.assert_array_equal(ours.image, theirs.image)
+        assert ours.stop_iteration == theirs.stop_iteration

@@ -617,3 +617,55 @@ def test_degrade_output_is_accepted_by_restore(task: str, channels: int) -> None
     if task in ("inpaint", "restore_pixels", "deblur"):
         # the observation is exactly the task's forward operator applied to the clean image
         np.testing.assert_allclose(_forward(task_object, clean), as_hwc(observation), rtol=0, atol=2e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# 6. deepinv Physics objects as the custom operator
+# ------------------------------------------------------------------------------------------
+class _PhysicsStandIn:
+    """The part of deepinv's Physics interface oscfast uses: A, A_adjoint, and a __call__
+    that applies A *and* the noise model (as deepinv's does)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802 - deepinv's name
+        return F.avg_pool2d(x, 2)
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802 - deepinv's name
+        return F.interpolate(y, scale_factor=2, mode="nearest") / 4
+
+    def noise_model(self, y: torch.Tensor) -> torch.Tensor:
+        return y + 0.1 * torch.randn_like(y)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.noise_model(self.A(x))
+
+
+def test_a_physics_object_is_used_through_its_noise_free_operator() -> None:
+    """A deepinv-style Physics is fitted through A (not through __call__, which adds fresh
+    noise at every step), and its A_adjoint is the task's adjoint."""
+    physics = _PhysicsStandIn()
+    observation = F.avg_pool2d(image_to_tensor(smooth_image(48)), 2)
+    task = build_task("custom", tensor_to_image(observation), operator=physics, output_shape=(3, 48, 48))
+    x = torch.rand(1, 3, 48, 48)
+    torch.testing.assert_close(task.forward(x), physics.A(x), rtol=0, atol=0)
+    y = torch.rand(1, 3, 24, 24)
+    torch.testing.assert_close(task.adjoint(y), physics.A_adjoint(y), rtol=0, atol=0)
+    result = fast_restore(tensor_to_image(observation), "custom", operator=physics, output_shape=(3, 48, 48))
+    assert physics.calls == 0 and result.image.shape == (48, 48, 3)
+
+
+def test_a_real_deepinv_physics_restores() -> None:
+    try:
+        import deepinv
+    except Exception as error:  # noqa: BLE001 - its torchvision may not import beside the CPU torch
+        pytest.skip(f"deepinv does not import here ({type(error).__name__}: {error})")
+    physics = deepinv.physics.Denoising(deepinv.physics.GaussianNoise(sigma=0.1))
+    clean = smooth_image(48)
+    task = build_task("custom", clean, operator=physics, output_shape=(3, 48, 48))
+    x = torch.rand(1, 3, 48, 48)
+    torch.testing.assert_close(task.forward(x), x, rtol=0, atol=0)  # A, without the noise model
+    result = fast_restore(clean, "custom", operator=physics, output_shape=(3, 48, 48))
+    assert result.image.shape == (48, 48, 3)
