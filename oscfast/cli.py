@@ -366,7 +366,10 @@ def _demo(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from oscfast.evaluate import run_evaluate
 
-    return run_evaluate(args)
+    path = run_evaluate(args)
+    if not args.quiet:
+        print(f"wrote {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

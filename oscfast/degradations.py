@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from oscfast.io import _check_fits_in_memory
+from oscfast.io import _check_fits_in_memory, check_real as _check_real
 from oscfast.operators import BlurOperator, gaussian_kernel
 
 __all__ = [
@@ -86,19 +85,6 @@ def _check_positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
-
-
-def _check_real(value: object, name: str, expected: str) -> float:
-    """``value`` as a finite float; TypeError for a non-number, ValueError for NaN/inf."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number ({expected}), got {type(value).__name__} {value!r}")
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be a finite number ({expected}), got {value!r}")
-    return number
 
 
 def _check_bool(value: object, name: str) -> bool:

@@ -186,7 +186,7 @@ def evaluate_folder(
     return report
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
+def run_evaluate(args: argparse.Namespace) -> Path:
     """The ``oscfast evaluate`` command (see ``oscfast evaluate --help``)."""
     degradation = Degradation(
         task=args.task, sigma=args.sigma, quality=args.quality, factor=args.factor, mask_kind=args.mask_kind,
@@ -207,6 +207,4 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.folder, args.output, degradation, seeds=args.seeds, config=config, preset=args.preset,
         max_iterations=args.max_iterations, labels=labels, device=args.device, progress=not args.quiet,
     )
-    if not args.quiet:
-        print(f"wrote {path}")
-    return 0
+    return path

@@ -12,6 +12,8 @@ to 8 bits).
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 import struct
 import tempfile
@@ -695,3 +697,16 @@ def _write_png16_rgb(path: Path, data: np.ndarray) -> None:
         + _png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 6))
         + _png_chunk(b"IEND", b"")
     )
+
+
+def check_real(value: object, name: str, expected: str) -> float:
+    """``value`` as a finite float; TypeError for a non-number, ValueError for NaN/inf."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number ({expected}), got {type(value).__name__} {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number ({expected}), got {value!r}")
+    return number

@@ -366,7 +366,7 @@ def load_mask(mask: Any, shape_hw: tuple[int, int], threshold: float = 0.5) -> t
     """
     if mask is None:
         raise ValueError("this task needs mask= (path or array; 1 = known pixel, 0 = hole)")
-    threshold = _real_option(threshold, "mask_threshold", "a level in [0, 1]")
+    threshold = io.check_real(threshold, "mask_threshold", "a level in [0, 1]")
     if not 0 <= threshold <= 1:
         raise ValueError(f"mask_threshold must lie in [0, 1], got {threshold}")
     if isinstance(mask, np.ndarray) and (mask.dtype == bool or (mask.dtype == np.uint8 and mask.max(initial=0) <= 1)):
@@ -400,7 +400,7 @@ def build_task(task: str, observation: np.ndarray, *, seed: int = 0, **options: 
         raise ValueError(f"option(s) {sorted(unknown)} do not apply to task {task!r}; valid: {valid}")
     y = io.image_to_tensor(observation)
     threshold = 0.5 if options.get("mask_threshold") is None else options["mask_threshold"]
-    threshold = _real_option(threshold, "mask_threshold", "a level in [0, 1]")
+    threshold = io.check_real(threshold, "mask_threshold", "a level in [0, 1]")
     if not 0 <= threshold <= 1:
         raise ValueError(f"mask_threshold must lie in [0, 1], got {threshold}")
     if task == "denoise":
@@ -419,7 +419,7 @@ def build_task(task: str, observation: np.ndarray, *, seed: int = 0, **options: 
             from oscfast.degradations import random_pixel_mask
 
             keep = 0.5 if options.get("keep") is None else options["keep"]
-            keep = _real_option(keep, "keep", "the fraction of known pixels, in (0, 1]")
+            keep = io.check_real(keep, "keep", "the fraction of known pixels, in (0, 1]")
             if not 0 < keep <= 1:
                 raise ValueError(f"keep must lie in (0, 1], got {keep}")
             mask = io.image_to_tensor(random_pixel_mask(observation.shape[:2], keep=keep, seed=seed))
@@ -453,19 +453,6 @@ def build_task(task: str, observation: np.ndarray, *, seed: int = 0, **options: 
     if output_shape is None:
         output_shape = (observation.shape[2], *observation.shape[:2])
     return CustomOperator(y, operator, _output_shape_option(output_shape), adjoint=options.get("adjoint"))
-
-
-def _real_option(value: Any, name: str, expected: str) -> float:
-    """A task option as a finite float; TypeError for a non-number, ValueError for NaN/inf."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number ({expected}), got {type(value).__name__} {value!r}")
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be a finite number ({expected}), got {value!r}")
-    return number
 
 
 def _integer_option(value: Any, name: str, low: int) -> int:
