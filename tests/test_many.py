@@ -11,7 +11,7 @@ from oscfast.models import DENOISE_SPEC
 
 from conftest import smooth_image
 
-CONFIG = DIPConfig(net=DENOISE_SPEC.scaled(0.125), max_iterations=60)
+CONFIG = DIPConfig(net=DENOISE_SPEC.scaled(0.125), max_iterations=100)
 STOP = StopConfig(sync_every=5, min_patience=10, patience_ratio=0.2, risk_smoothing=5)
 
 
@@ -34,7 +34,7 @@ def test_batched_results_equal_single_restores_and_slots_refill() -> None:
         assert (result.stop_iteration, result.iterations_run, result.stop_reason) == (
             single.stop_iteration, single.iterations_run, single.stop_reason)
         np.testing.assert_array_equal(result.history.loss, single.history.loss)
-    assert all(r.stop_reason == "risk" and r.iterations_run < 60 for r in many)  # each freed its slots early
+    assert all(r.stop_reason == "risk" and r.iterations_run < 100 for r in many)  # each freed its slots early
 
 
 def test_groups_by_shape_and_names_the_bad_image() -> None:
