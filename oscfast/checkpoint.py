@@ -55,6 +55,8 @@ class Checkpoint:
     resume: Path | None = None
     fingerprint: Mapping[str, str] = field(default_factory=dict)
     _last: float = field(default=0.0, init=False, repr=False)
+    #: the iteration a resumed run continued from (None until :meth:`restore` loaded one)
+    resumed_at: int | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if self.path is not None:
@@ -90,6 +92,7 @@ class Checkpoint:
                     f"{saved.get(key)!r}, this run's is {self.fingerprint.get(key)!r}"
                 )
         run.load_state_dict(payload["state"])
+        self.resumed_at = int(run.groups[0].done)
         logger.info("resumed from %s at iteration %d", self.resume, run.groups[0].done)
 
     def __call__(self, run: BatchRun) -> None:

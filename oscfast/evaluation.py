@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from oscfast.checkpoint import Checkpoint
 from oscfast.config import DIPConfig, StopConfig
 from oscfast.engine import EngineOptions, FitSpec, RunRecord, SyncInfo, Watch, run_fits
 from oscfast.plan import default_stop, make_rule
@@ -114,6 +115,9 @@ def record(
     time_single: int = 0,
     snapshot_every: int = 0,
     reference: torch.Tensor | None = None,
+    checkpoint: Checkpoint | None = None,
+    earlier_snapshots: Mapping[int, np.ndarray] | None = None,
+    on_snapshot: Callable[[Mapping[int, np.ndarray]], None] | None = None,
 ) -> EvalRecord:
     """Run fit A (plain) and fit B (y + n) of one seed side by side to the cap, every
     candidate rule watching live, and record everything.
@@ -129,6 +133,11 @@ def record(
         time_single: if > 0, first time this many iterations of a single plain fit.
         snapshot_every: keep both fits' outputs every this many iterations (0: none).
         reference: the clean image, for :attr:`EvalRecord.returned_psnr`.
+        checkpoint: write (and resume from) checkpoints of the twin run, so that a long
+            recording survives the end of the process; ``seconds`` then counts only the
+            resumed part (the caller keeps the time of earlier parts).
+        earlier_snapshots: snapshots kept by an earlier part of a resumed run.
+        on_snapshot: called with all snapshots so far after each new one (to persist them).
     """
     stop = stop or StopConfig()
     options = options or EngineOptions()
@@ -162,16 +171,18 @@ def record(
         timing = run_fits([FitSpec(task, seed)], short, [Watch(make_rule("cap", stop=stop, max_iterations=time_single, output="raw"))],
                           options=replace(options, progress=False))
         single = timing.seconds / time_single
-    snapshots: dict[int, np.ndarray] = {}
+    snapshots: dict[int, np.ndarray] = dict(earlier_snapshots or {})
 
     def keep(info: SyncInfo) -> None:
         if snapshot_every and info.iteration % snapshot_every == 0:
             images = info.images()
             snapshots[info.iteration - 1] = torch.stack([images["raw"], images["ema"]], dim=1)[:, :, 0].cpu().numpy().astype(np.float16)
+            if on_snapshot is not None:
+                on_snapshot(snapshots)
 
     start = time.perf_counter()
     run = run_fits(fits, config, watches, stop_mode="never", metrics=metrics, extra_signals=("wmv", "emv", "change", "loss_ema", "p_ema"),
-                   options=options, on_sync=keep if snapshot_every else None)
+                   options=options, on_sync=keep if snapshot_every else None, checkpoint=checkpoint)
     seconds = time.perf_counter() - start
     returned = None
     if reference is not None:
