@@ -1,64 +1,151 @@
 #!/usr/bin/env bash
-# The prepared device check: GPU tests, then the GPU benchmarks, results under $OUT.
-# Installs nothing from outside: only this repository itself, offline (its package maps
-# models/ and kernels/ into the oscfast namespace, so it must be installed to import).
+# The prepared device check: one script, run once, early, by whoever next has a GPU.
 #
-#   OUT=/tmp/gpu-out OSCFAST_DATA=/path/to/shared/data bash bench/gpu_check.sh [stage ...]
-# stages: tests throughput precision paper paper-report (default: all, in that order)
-# paper/paper-report write under bench/results/paper/full/ (bench/paper.py has no output
-# option); after each, that folder is copied into the results as paper-full/ (without the
-# per-iteration image snapshots, which the run does not keep here: --snapshot-every 0).
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/bench/results/gpu-check}
-WORK=$(mktemp -d)
-mkdir -p "$OUT" "$WORK/results"
-export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-/tmp/numba-cache}
-export OSCFAST_DATA=${OSCFAST_DATA:-$PWD/.shared_data}
-LOG="$OUT/gpu_check.log"
-stages=${*:-tests throughput precision paper paper-report}
-PAPER=bench/results/paper/full
+#   OUT=/tmp/gpu-out bash bench/gpu_check.sh            # every stage, results under $OUT
+#   bash bench/gpu_check.sh --dry-run                   # the stages and their estimates (any machine)
+#   bash bench/gpu_check.sh tests throughput            # some stages only
+#
+# Runs from the repository root (wherever it is called from). Installs the project with its
+# test extra over the machine's torch (pip install -e '.[test]' with torch pinned to the
+# installed one, so pip never replaces it). Stops at the first stage that fails and exits
+# non-zero; every stage writes its results under $OUT as soon as it ends (a log per stage,
+# and $OUT/stages.tsv: stage, status, seconds, estimate). OSCFAST_DATA points at the paper's
+# images (default: ./shared/data, then ../shared/data).
+#
+# The estimates are for one H100/H200 and add up to under 8 minutes; they are estimates
+# (nothing in this version has run on a GPU yet): the seconds each stage took are in
+# stages.tsv beside them.
+set -euo pipefail
 
-pack() { tar czf "$OUT/results.tgz" -C "$WORK" results 2>/dev/null; }
-log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
-copy_paper() {
-  [ -d "$PAPER" ] || { log "no $PAPER to copy"; return; }
-  mkdir -p "$WORK/results/paper-full"
-  tar cf - -C "$PAPER" --exclude=./snapshots . | tar xf - -C "$WORK/results/paper-full"
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+# stage name | estimated seconds on an H100/H200 | what it runs
+STAGES=(
+  "install|45|pip install -e '.[test]' over the installed torch; versions and the device"
+  "tests|60|pytest -m gpu: restore, restore_many, the twin, cuda:N (with 2 devices), bf16 under vmap, export of a captured run, graph vs eager with reg-noise"
+  "throughput|110|bench/throughput.py at 256 and 512 px, fp32 and bf16, no compile, restore_many K=1,2,4"
+  "precision|80|bench/precision_check.py at 256 px, capped at 1200 iterations (3 images, fp32 and bf16)"
+  "paper|150|bench/paper.py run --scale full --only f16,head-x4 --max-iterations 1500, then its report"
+)
+TOTAL_LIMIT=480
+
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+
+dry_run=0
+selected=()
+for arg in "$@"; do
+  case $arg in
+    --dry-run) dry_run=1 ;;
+    -h|--help) usage; exit 0 ;;
+    -*) echo "unknown option $arg" >&2; usage >&2; exit 2 ;;
+    *) selected+=("$arg") ;;
+  esac
+done
+
+names=()
+for entry in "${STAGES[@]}"; do names+=("${entry%%|*}"); done
+if [ ${#selected[@]} -eq 0 ]; then selected=("${names[@]}"); fi
+for stage in "${selected[@]}"; do
+  if [[ " ${names[*]} " != *" $stage "* ]]; then echo "unknown stage $stage (stages: ${names[*]})" >&2; exit 2; fi
+done
+
+estimate_of() {
+  local entry rest
+  for entry in "${STAGES[@]}"; do
+    if [ "${entry%%|*}" = "$1" ]; then rest=${entry#*|}; echo "${rest%%|*}"; fi
+  done
+}
+what_of() {
+  local entry
+  for entry in "${STAGES[@]}"; do
+    if [ "${entry%%|*}" = "$1" ]; then echo "${entry##*|}"; fi
+  done
 }
 
-if ! python3 -c "import oscfast.models" 2>/dev/null; then
-  python3 -m pip install -q --no-deps --no-index --no-build-isolation -e . >>"$LOG" 2>&1 \
-    || python3 -m pip install -q --no-deps --no-index --no-build-isolation --target "$WORK/site" . >>"$LOG" 2>&1
-  [ -d "$WORK/site" ] && export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-if ! python3 -c "import oscfast.models" 2>/dev/null; then
-  # last resort without pip: a package folder of links with the same layout as the wheel
-  mkdir -p "$WORK/shim/oscfast"
-  ln -s "$PWD"/oscfast/* "$WORK/shim/oscfast/"
-  ln -s "$PWD/models" "$WORK/shim/oscfast/models"; ln -s "$PWD/kernels" "$WORK/shim/oscfast/kernels"
-  export PYTHONPATH="$WORK/shim${PYTHONPATH:+:$PYTHONPATH}"
-  log "using the link shim"
-fi
-python3 - <<'PY' 2>&1 | tee -a "$LOG"
-import torch, numpy, numba, oscfast.models, oscfast.kernels
-print("torch", torch.__version__, "cuda", torch.version.cuda, "numpy", numpy.__version__, "numba", numba.__version__)
-print("gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
-PY
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >"$WORK/results/gpu.txt" 2>&1
-
-for stage in $stages; do
-  log "stage $stage"
-  case $stage in
-    tests) python3 -m pytest -m gpu tests -q -p no:cacheprovider 2>&1 | tee "$WORK/results/gpu-tests.log" | tail -5 | tee -a "$LOG" ;;
-    throughput) python3 bench/throughput.py --device cuda --sizes 256 512 --out-dir "$WORK/results" 2>&1 | tee -a "$LOG" ;;
-    precision) python3 bench/precision_check.py --device cuda --size 256 --out-dir "$WORK/results" 2>&1 | tee -a "$LOG" ;;
-    paper) python3 bench/paper.py run --scale full --device cuda --only f16,butterfly-x4,barbara --snapshot-every 0 --quiet 2>&1 \
-             | tee -a "$LOG"; copy_paper ;;
-    paper-report) python3 bench/paper.py report --scale full 2>&1 | tee -a "$LOG"; copy_paper ;;
-    *) log "unknown stage $stage" ;;
-  esac
-  pack
+total=0
+echo "device check: stages and their estimated seconds on one H100/H200"
+for stage in "${selected[@]}"; do
+  seconds=$(estimate_of "$stage")
+  total=$((total + seconds))
+  printf '  %-11s %4d s  %s\n' "$stage" "$seconds" "$(what_of "$stage")"
 done
-log "done"
-pack
+printf '  %-11s %4d s  (limit %d s)\n' "total" "$total" "$TOTAL_LIMIT"
+if [ "$total" -gt "$TOTAL_LIMIT" ]; then
+  echo "the selected stages are estimated over the limit" >&2
+  exit 1
+fi
+if [ "$dry_run" -eq 1 ]; then exit 0; fi
+
+OUT=${OUT:-$ROOT/bench/results/gpu-check}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-/tmp/numba-cache}
+if [ -z "${OSCFAST_DATA:-}" ]; then
+  for candidate in "$ROOT/shared/data" "$ROOT/../shared/data"; do
+    if [ -d "$candidate" ]; then OSCFAST_DATA=$candidate; break; fi
+  done
+fi
+export OSCFAST_DATA=${OSCFAST_DATA:-$ROOT/shared/data}
+PYTHON=${PYTHON:-python3}
+printf 'stage\tstatus\tseconds\testimate\n' >"$OUT/stages.tsv"
+
+stage_install() {
+  local torch_version
+  torch_version=$("$PYTHON" -c "import torch; print(torch.__version__)")
+  # pin torch to the installed build so that pip keeps it (a CUDA wheel has a local version)
+  echo "torch==$torch_version" >"$OUT/constraints.txt"
+  "$PYTHON" -m pip install --quiet --no-build-isolation --constraint "$OUT/constraints.txt" -e '.[test]'
+  "$PYTHON" - <<'PY'
+import torch, numpy, numba, oscfast, oscfast.models, oscfast.kernels
+print("oscfast", oscfast.__file__)
+print("torch", torch.__version__, "cuda", torch.version.cuda, "numpy", numpy.__version__, "numba", numba.__version__)
+print("devices", [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())])
+assert torch.cuda.is_available(), "no CUDA device visible to torch"
+PY
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >"$OUT/gpu.txt" 2>&1 || true
+}
+
+stage_tests() {
+  "$PYTHON" -m pytest -m gpu tests -q -p no:cacheprovider -rs --junitxml="$OUT/gpu-tests.xml"
+}
+
+stage_throughput() {
+  "$PYTHON" bench/throughput.py --device cuda --sizes 256 512 --no-compile --batches 1 2 4 --out-dir "$OUT"
+}
+
+stage_precision() {
+  "$PYTHON" bench/precision_check.py --device cuda --size 256 --max-iterations 1200 --out-dir "$OUT"
+}
+
+stage_paper() {
+  # bench/paper.py writes under bench/results/paper/full/ (it has no output option): copied to $OUT
+  "$PYTHON" bench/paper.py run --scale full --device cuda --only f16,head-x4 --max-iterations 1500 \
+    --snapshot-every 0 --quiet
+  "$PYTHON" bench/paper.py report --scale full
+  mkdir -p "$OUT/paper-full"
+  tar cf - -C bench/results/paper/full --exclude=./snapshots . | tar xf - -C "$OUT/paper-full"
+}
+
+status=0
+for stage in "${selected[@]}"; do
+  estimate=$(estimate_of "$stage")
+  echo "== $(date -u +%H:%M:%S) stage $stage (estimate ${estimate} s)"
+  start=$(date +%s)
+  set +e
+  ( set -euo pipefail; "stage_$stage" ) >"$OUT/$stage.log" 2>&1
+  code=$?
+  set -e
+  seconds=$(( $(date +%s) - start ))
+  tail -n 5 "$OUT/$stage.log"
+  if [ "$code" -eq 0 ]; then
+    printf '%s\tok\t%d\t%d\n' "$stage" "$seconds" "$estimate" >>"$OUT/stages.tsv"
+    echo "== stage $stage ok in ${seconds} s"
+  else
+    printf '%s\tfailed (%d)\t%d\t%d\n' "$stage" "$code" "$seconds" "$estimate" >>"$OUT/stages.tsv"
+    echo "== stage $stage FAILED (exit $code) after ${seconds} s; its log: $OUT/$stage.log" >&2
+    status=1
+    break
+  fi
+done
+exit "$status"

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, machine_header  # noqa: E402
 
 from oscfast.config import StopConfig
-from oscfast.evaluation import PLAIN, PROBED, outcome
-from oscfast.plan import DEFAULT_STOP, make_rule
+from oscfast.evaluation.recording import Candidate
 from oscfast.probe import risk_constants
-from oscfast.stopping import Signals
+from oscfast.stopping import Signals, StopRule
+
+#: fit indices of a recorded twin run (oscfast.evaluation.PLAIN / PROBED): fit A on y, fit B on y + n
+PLAIN, PROBED = 0, 1
 
 FOLDER = RESULTS / "paper" / "mini"
 FAMILIES = {
     "denoise": "denoise", "jpeg": "jpeg", "deblur": "deblur",
     "super_resolution": "sr", "inpaint": "inpaint / pixels", "restore_pixels": "inpaint / pixels",
 }
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A probe, a rule and option overrides; ``noise`` picks the noise level the risk uses."""
-
-    label: str
-    probe: str
-    rule: str
-    options: dict[str, Any] = field(default_factory=dict)
-    noise: str = "task"  # "task": the recorded estimate; "jpeg": from the quantisation tables
 
 
 def candidates() -> list[Candidate]:
@@ -84,6 +75,42 @@ def load(folder: Path) -> list[dict[str, Any]]:
     return runs
 
 
+def task_default(task: str) -> Any:
+    """The task's default (probe, rule, output) (``oscfast.plan.default_stop``)."""
+    # imported here: oscfast.plan imports the engine, which the pure replays below do not need
+    try:
+        from oscfast.plan import default_stop  # noqa: PLC0415
+    except ImportError:  # the engine mid-edit: the defaults live on the task classes too
+        from oscfast.tasks import TASKS  # noqa: PLC0415
+
+        return TASKS[task].default_stop
+    return default_stop(task)
+
+
+def recorded_signals(run: dict[str, Any], needs: frozenset[str], probe: str, fit: int) -> dict[str, np.ndarray]:
+    """The per-iteration signals a rule ``needs``, from a recorded run: P is P_twin
+    (P of fit B - P of fit A) for the twin probe, the inline P of fit B otherwise; the other
+    signals are those of ``fit``."""
+    traces = run["traces"]
+    signals: dict[str, np.ndarray] = {}
+    for name in needs:
+        if name in ("p", "p_ema"):
+            signals[name] = traces[name][PROBED] - (traces[name][PLAIN] if probe == "twin" else 0.0)
+        else:
+            signals[name] = traces[name][fit]
+    return signals
+
+
+def feed_recorded(rule: StopRule, signals: dict[str, np.ndarray], cap: int, sync_every: int = 25) -> StopRule:
+    """Feed recorded signals in blocks of ``sync_every`` iterations, as the engine does, until
+    the rule fires or the cap; returns the rule."""
+    for start in range(0, cap, sync_every):
+        rule.update(Signals(start, {k: v[start : start + sync_every].astype(np.float64) for k, v in signals.items()}))
+        if rule.decision.should_stop:
+            break
+    return rule
+
+
 def noise_level(run: dict[str, Any], kind: str) -> float:
     if kind == "task":
         return run["noise_level"]
@@ -94,6 +121,9 @@ def noise_level(run: dict[str, Any], kind: str) -> float:
 
 def replay(run: dict[str, Any], candidate: Candidate, sync_every: int = 25):
     """The candidate's decision on one recorded run, and its outcome."""
+    from oscfast.evaluation import outcome  # noqa: PLC0415 - imports the engine
+    from oscfast.plan import make_rule  # noqa: PLC0415
+
     traces = run["traces"]
     cap = run["cap"]
     stop = replace(StopConfig(), **{k: v for k, v in candidate.options.items() if k in StopConfig.__dataclass_fields__})
@@ -117,16 +147,7 @@ def replay(run: dict[str, Any], candidate: Candidate, sync_every: int = 25):
     else:
         rule = make_rule(candidate.rule, stop=stop, max_iterations=cap, output=output, risk=risk)
     fit = PLAIN if candidate.probe in ("twin", "none") else PROBED
-    signals: dict[str, np.ndarray] = {}
-    for name in rule.needs:
-        if name in ("p", "p_ema"):
-            signals[name] = traces[name][PROBED] - (traces[name][PLAIN] if candidate.probe == "twin" else 0.0)
-        else:
-            signals[name] = traces[name][fit]
-    for start in range(0, cap, sync_every):
-        rule.update(Signals(start, {k: v[start : start + sync_every] for k, v in signals.items()}))
-        if rule.decision.should_stop:
-            break
+    feed_recorded(rule, recorded_signals(run, rule.needs, candidate.probe, fit), cap, sync_every)
     d = rule.decision
     return outcome(traces, label=candidate.label, iteration=d.iteration, output=d.output, fit=fit,
                    stop_iteration=d.stop_iteration if d.should_stop else None,
@@ -134,14 +155,16 @@ def replay(run: dict[str, Any], candidate: Candidate, sync_every: int = 25):
 
 
 def default_candidate(task: str) -> Candidate:
-    """The task's current default (oscfast.plan.DEFAULT_STOP), replayed through make_rule."""
-    default = DEFAULT_STOP[task]
+    """The task's current default (oscfast.plan.default_stop), replayed through make_rule."""
+    default = task_default(task)
     return Candidate(f"default: {default.probe}-{default.rule} ({default.output})", default.probe, default.rule,
                      {"output": default.output, "via_make_rule": True})
 
 
 def fixed_outcome(run: dict[str, Any]) -> tuple[float, float]:
     """Gap of plain DIP at the published count (the better of its raw and averaged output)."""
+    from oscfast.evaluation import outcome  # noqa: PLC0415 - imports the engine
+
     traces = run["traces"]
     values = [outcome(traces, label="fixed", iteration=run["cap"] - 1, output=o, fit=PLAIN, stop_iteration=None,
                       fits_needed=1) for o in ("raw", "ema")]
@@ -191,12 +214,13 @@ def markdown(selection: dict, report: dict, runs: list[dict[str, Any]], top: int
         "",
         f"- selection half (rules and parameters chosen on these only): {', '.join(sorted(halves['selection']))}",
         f"- report half (held back, looked at after the choice): {', '.join(sorted(halves['report']))}",
-        f"- gap = plain-DIP oracle (best raw or averaged PSNR of the plain fit, final step applied) - PSNR of the "
+        "- gap = plain-DIP oracle (best raw or averaged PSNR of the plain fit, final step applied) - PSNR of the "
         "returned image; share = iterations run / published count; s to the image = iterations run x seconds per "
         "iteration of the fits the rule needs (two for the twin, measured in the recording process, CPU shared with "
         "another recording); vs fixed = returned PSNR - plain DIP at the published count (its better output).",
-        f"- current defaults (`oscfast.plan.DEFAULT_STOP`): "
-        + "; ".join(f"{task}: {d.probe} probe, {d.rule} rule, {d.output} output" for task, d in DEFAULT_STOP.items()),
+        "- current defaults (`oscfast.plan.default_stop`): "
+        + "; ".join(f"{task}: {d.probe} probe, {d.rule} rule, {d.output} output"
+                    for task, d in ((task, task_default(task)) for task in dict.fromkeys(FAMILIES))),
         "",
         machine_header(info),
         "",

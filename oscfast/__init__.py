@@ -12,15 +12,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from oscfast._version import __version__
 
 _EXPORTS = {
     "restore": "oscfast.api",
     "restore_many": "oscfast.many",
-    "Progress": "oscfast.api",
-    "Restoration": "oscfast.api",
-    "History": "oscfast.api",
-    "TASKS": "oscfast.api",
+    "Progress": "oscfast.result",
+    "Restoration": "oscfast.result",
+    "History": "oscfast.result",
+    "TASKS": "oscfast.tasks",
     "DIPConfig": "oscfast.config",
     "StopConfig": "oscfast.config",
     "OSCStopper": "oscfast.stopping",
@@ -43,7 +43,7 @@ _EXPORTS = {
     "RestorePixels": "oscfast.tasks",
     "Deblur": "oscfast.tasks",
     "CustomOperator": "oscfast.tasks",
-    "degrade": "oscfast.degradations",
+    "degrade": "oscfast.tasks",
     "load_image": "oscfast.io",
     "save_image": "oscfast.io",
     "psnr": "oscfast.metrics",
@@ -53,10 +53,10 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from oscfast.api import TASKS, History, Progress, Restoration, restore
+    from oscfast.api import restore
+    from oscfast.result import History, Progress, Restoration
     from oscfast.many import restore_many
     from oscfast.config import DIPConfig, StopConfig
-    from oscfast.degradations import degrade
     from oscfast.io import load_image, save_image
     from oscfast.memory import TooLargeError
     from oscfast.metrics import psnr
@@ -74,7 +74,7 @@ if TYPE_CHECKING:  # pragma: no cover
         StopRule,
         WMVRule,
     )
-    from oscfast.tasks import JPEG, CustomOperator, Deblur, Denoise, Inpaint, RestorePixels, SuperResolution, Task
+    from oscfast.tasks import JPEG, TASKS, CustomOperator, Deblur, Denoise, Inpaint, RestorePixels, SuperResolution, Task, degrade
 
 
 def __getattr__(name: str) -> Any:

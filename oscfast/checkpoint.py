@@ -16,21 +16,32 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from oscfast.files import atomic_write
 
-if TYPE_CHECKING:  # pragma: no cover
-    from oscfast.engine import BatchRun
+
+
+class BatchRun(Protocol):
+    """What a checkpoint needs of an :class:`oscfast.engine.BatchRun` (a protocol, so that this
+    module stays below the engine)."""
+
+    groups: Any
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 __all__ = ["Checkpoint", "FORMAT", "fingerprint_tensor"]
 
 logger = logging.getLogger(__name__)
 
-#: the layout version of checkpoint files
-FORMAT = 1
+#: the layout version of checkpoint files (2: tensors by name, rings for the driving fits only;
+#: format 1, a list with rings for every fit, is still read)
+FORMAT = 2
+_READABLE = (1, 2)
 
 
 def fingerprint_tensor(tensor: torch.Tensor) -> str:
@@ -82,8 +93,8 @@ class Checkpoint:
             payload = torch.load(self.resume, map_location="cpu", weights_only=False)
         except Exception as error:  # noqa: BLE001 - any unreadable file is the user's to know
             raise ValueError(f"checkpoint '{self.resume}' cannot be read: {error}") from None
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise ValueError(f"'{self.resume}' is not an oscfast checkpoint of format {FORMAT}")
+        if not isinstance(payload, dict) or payload.get("format") not in _READABLE:
+            raise ValueError(f"'{self.resume}' is not an oscfast checkpoint of format {' or '.join(map(str, _READABLE))}")
         saved = payload.get("fingerprint", {})
         for key in sorted(set(saved) | set(self.fingerprint)):
             if saved.get(key) != self.fingerprint.get(key):

@@ -13,7 +13,6 @@ from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
-TASK_CHOICES = ("denoise", "jpeg", "super_resolution", "inpaint", "restore_pixels", "deblur")
 RULE_CHOICES = ("risk", "knee", "paper", "es-wmv", "es-emv", "plateau", "cap")
 PROBE_CHOICES = ("twin", "inline", "none")
 
@@ -64,15 +63,23 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def _presets_help() -> str:
-    from oscfast.presets import DEFAULT_PRESET, PRESETS
+    from oscfast.presets import PRESETS, default_preset
 
     return "; ".join(
-        f"{task}: {', '.join(sorted(names))} (default {DEFAULT_PRESET[task]})" for task, names in PRESETS.items() if task != "custom"
+        f"{task}: {', '.join(sorted(names))} (default {default_preset(task)})" for task, names in PRESETS.items() if task != "custom"
     )
+
+
+def _task_choices() -> tuple[str, ...]:
+    """The registered tasks a command line can name (those whose options are not code)."""
+    from oscfast.tasks import TASKS
+
+    return tuple(name for name, cls in TASKS.items() if not cls.code_only_options)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``oscfast`` command."""
+    TASK_CHOICES = _task_choices()  # noqa: N806 - a constant of this parser
     parser = argparse.ArgumentParser(
         prog="oscfast", description="Deep Image Prior restoration that stops by itself."
     )
@@ -202,7 +209,7 @@ def _load_kernel(path: Path):  # noqa: ANN202 - numpy array
 def _check_restore_args(args: argparse.Namespace) -> None:
     """Everything that can be checked before the run, so that no run is lost afterwards."""
     from oscfast import io
-    from oscfast.api import resolve_device
+    from oscfast.prepare import resolve_device
 
     if not args.input.is_file():
         raise ValueError(f"input '{args.input}' does not exist or is not a file")
@@ -231,7 +238,9 @@ def _restore(args: argparse.Namespace) -> int:
     mask = args.mask
     if mask is not None and args.invert_mask:
         mask = 1.0 - io.load_image(mask, name="mask")
-    masked = args.task in ("inpaint", "restore_pixels")
+    from oscfast.tasks import task_class
+
+    masked = "keep_known" in task_class(args.task).options
     result = restore(
         args.input,
         task=args.task,
@@ -364,7 +373,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from oscfast.evaluate import run_evaluate
+    from oscfast.evaluation.harness import run_evaluate
 
     path = run_evaluate(args)
     if not args.quiet:

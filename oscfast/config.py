@@ -7,12 +7,14 @@ from typing import Literal
 
 from oscfast.models import DENOISE_SPEC, NetSpec
 
-__all__ = ["DIPConfig", "PROBE_NAMES", "ProbeName", "RULE_NAMES", "RuleName", "StopConfig"]
+__all__ = ["DIPConfig", "PROBE_NAMES", "ProbeName", "RULE_NAMES", "RuleName", "StopConfig", "WAIT_NAMES", "WaitName"]
 
 RuleName = Literal["risk", "knee", "paper", "es-wmv", "es-emv", "plateau", "cap"]
 ProbeName = Literal["twin", "inline", "none"]
+WaitName = Literal["fixed", "evidence"]
 RULE_NAMES: tuple[str, ...] = ("risk", "knee", "paper", "es-wmv", "es-emv", "plateau", "cap")
 PROBE_NAMES: tuple[str, ...] = ("twin", "inline", "none")
+WAIT_NAMES: tuple[str, ...] = ("fixed", "evidence")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,15 @@ class StopConfig:
             the knee that confirms it).
         risk_smoothing, patience_ratio, min_patience: risk rule (min_patience None ->
             max(50, cap / 15)).
+        wait: when the risk and knee rules stop after their choice (the choice is the same):
+            ``"fixed"`` (the risk rule at t* + max(min_patience, patience_ratio t*), the knee
+            at t* + L + patience once P rose by min_rise) or ``"evidence"`` (once the smoothed
+            risk, or P after the knee, has risen significantly: docs/twin-probe.md, "Waits").
+        rise_significance: the evidence wait's threshold, in standard errors of the smoothed
+            signal (estimated from its own jitter over ``jitter_window`` iterations).
+        min_wait: the evidence wait stops no earlier than this many iterations after t*.
+        jitter_window: trailing iterations the evidence wait estimates the jitter over (it
+            needs 6 smoothing windows; with fewer the fixed wait decides).
         es_patience: ES-WMV / ES-EMV patience (1000 in their notebooks).
         plateau_db, plateau_patience: plateau rule.
         sync_every: iterations between two reads of the device buffers by the host.
@@ -53,13 +64,18 @@ class StopConfig:
     risk_smoothing: int = 25
     patience_ratio: float = 0.5
     min_patience: int | None = None
+    wait: WaitName = "evidence"
+    rise_significance: float = 3.0
+    min_wait: int = 25
+    jitter_window: int = 400
     es_patience: int = 1000
     plateau_db: float = 50.0
     plateau_patience: int = 200
     sync_every: int = 25
 
     def __post_init__(self) -> None:
-        for name in ("pseudo_noise_std", "noise_level", "significance", "min_curvature", "min_rise", "patience_ratio", "plateau_db"):
+        for name in ("pseudo_noise_std", "noise_level", "significance", "min_curvature", "min_rise", "patience_ratio", "plateau_db",
+                     "rise_significance"):
             value = getattr(self, name)
             if value is None and name == "noise_level":
                 continue
@@ -68,7 +84,7 @@ class StopConfig:
             if not math.isfinite(value) and not (name == "min_curvature" and value == -math.inf):
                 raise ValueError(f"{name} must be finite, got {value!r}")
         for name in ("half_window", "smoothing", "patience", "risk_smoothing", "min_patience", "es_patience",
-                     "plateau_patience", "sync_every"):
+                     "plateau_patience", "sync_every", "min_wait", "jitter_window"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise TypeError(f"{name} must be an integer, got {value!r}")
@@ -76,6 +92,8 @@ class StopConfig:
             object.__setattr__(self, "rule", "knee")
         if self.rule is not None and self.rule not in RULE_NAMES:
             raise ValueError(f"unknown stop rule {self.rule!r}; expected one of {list(RULE_NAMES)}")
+        if self.wait not in WAIT_NAMES:
+            raise ValueError(f"unknown wait {self.wait!r}; expected one of {list(WAIT_NAMES)}")
         if self.probe is not None and self.probe not in PROBE_NAMES:
             raise ValueError(f"unknown probe {self.probe!r}; expected one of {list(PROBE_NAMES)}")
         if not self.pseudo_noise_std >= 0:
@@ -85,7 +103,8 @@ class StopConfig:
         checks = [
             ("risk_smoothing", self.risk_smoothing, 1), ("smoothing", self.smoothing, 1),
             ("sync_every", self.sync_every, 1), ("es_patience", self.es_patience, 0),
-            ("plateau_patience", self.plateau_patience, 1),
+            ("plateau_patience", self.plateau_patience, 1), ("min_wait", self.min_wait, 0),
+            ("jitter_window", self.jitter_window, 6),
         ]
         for name, value, low in checks:
             if value < low:
@@ -94,8 +113,8 @@ class StopConfig:
             raise ValueError(f"half_window must be >= 2, got {self.half_window}")
         if self.patience is not None and self.patience < 0:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
-        if self.patience_ratio < 0 or self.significance < 0 or self.min_rise < 0:
-            raise ValueError("patience_ratio, significance and min_rise must be >= 0")
+        if self.patience_ratio < 0 or self.significance < 0 or self.min_rise < 0 or self.rise_significance < 0:
+            raise ValueError("patience_ratio, significance, min_rise and rise_significance must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -12,30 +12,25 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
-from oscfast.io import _check_fits_in_memory, check_real as _check_real
+from oscfast.checks import check_bool as _check_bool, check_image_array, check_integer, check_real as _check_real
+from oscfast.io import _check_fits_in_memory
 from oscfast.operators import BlurOperator, gaussian_kernel
 
 __all__ = [
-    "Task",
-    "TASKS",
     "add_gaussian_noise",
     "apply_mask",
     "blur",
     "crop_to_multiple",
-    "degrade",
     "downsample",
     "jpeg_compress",
     "random_pixel_mask",
     "text_mask",
 ]
-
-Task = Literal["denoise", "jpeg", "super_resolution", "inpaint", "restore_pixels", "deblur"]
 
 #: Default Gaussian blur width (pixels) of :func:`blur` when neither sigma nor kernel is given.
 #: Not from the DIP paper (which has no deblurring experiment); a common moderate blur.
@@ -48,27 +43,9 @@ _JPEG_MAX_SIDE = 65500
 # --------------------------------------------------------------------------------------------
 # Validation and 8-bit conversion
 # --------------------------------------------------------------------------------------------
-def _check_image(image: object, name: str = "image") -> np.ndarray:
-    """Return ``image`` as a float array after checking ndim, dtype and range."""
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(image).__name__}")
-    image = np.asarray(image)  # np.matrix and other subclasses: a plain array
-    if image.ndim not in (2, 3):
-        raise ValueError(f"{name} must have shape (H, W) or (H, W, C), got {image.shape}")
-    if image.shape[0] == 0 or image.shape[1] == 0 or (image.ndim == 3 and image.shape[2] == 0):
-        raise ValueError(f"{name} is empty: shape {image.shape}")
-    _check_fits_in_memory(image.shape, name, bytes_per_element=16)  # float64 work copies
-    if not np.issubdtype(image.dtype, np.floating):
-        hint = " (divide a uint8 image by 255)" if image.dtype == np.uint8 else ""
-        raise TypeError(
-            f"{name} must be a float array with values in [0, 1], got {image.dtype}{hint}"
-        )
-    lo, hi = float(np.min(image)), float(np.max(image))
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"{name} values must lie in [0, 1], got range [{lo:.6g}, {hi:.6g}]")
-    return image
+def check_image(image: object, name: str = "image") -> np.ndarray:
+    """Return ``image`` after checking it is a float (H, W) or (H, W, C) array in [0, 1]."""
+    return check_image_array(image, name)
 
 
 def _check_shape_hw(shape_hw: Sequence[int]) -> tuple[int, int]:
@@ -82,15 +59,7 @@ def _check_shape_hw(shape_hw: Sequence[int]) -> tuple[int, int]:
 
 
 def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_bool(value: object, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
-    return bool(value)
+    return check_integer(value, name, minimum=1)
 
 
 def _rng(seed: object) -> np.random.Generator:
@@ -111,7 +80,7 @@ def _max_kernel_side(shape_hw: tuple[int, int]) -> int:
     return 6 * max(shape_hw) + 1
 
 
-def _checked_kernel(kernel: object, shape_hw: tuple[int, int], name: str = "kernel") -> np.ndarray:
+def checked_kernel(kernel: object, shape_hw: tuple[int, int], name: str = "kernel") -> np.ndarray:
     """A blur kernel (array-like or tensor) as a finite float64 2-D numpy array.
 
     Raises:
@@ -152,7 +121,7 @@ def _checked_kernel(kernel: object, shape_hw: tuple[int, int], name: str = "kern
     return array
 
 
-def _checked_gaussian_kernel(sigma: object, shape_hw: tuple[int, int], name: str = "sigma") -> np.ndarray:
+def checked_gaussian_kernel(sigma: object, shape_hw: tuple[int, int], name: str = "sigma") -> np.ndarray:
     """The Gaussian kernel of ``sigma`` px, checked to be positive, at most max(H, W) and large
     enough that the kernel is defined."""
     value = _check_real(sigma, name, "a blur width in pixels > 0")
@@ -221,7 +190,7 @@ def add_gaussian_noise(
         >>> y.shape, y.dtype
         ((8, 8, 3), dtype('float32'))
     """
-    image = _check_image(image)
+    image = check_image(image)
     sigma = _check_real(sigma, "sigma", "a noise std >= 0")
     if sigma < 0:
         raise ValueError(f"sigma must be a non-negative finite number, got {sigma!r}")
@@ -260,7 +229,7 @@ def jpeg_compress(image: np.ndarray, quality: int = 10) -> np.ndarray:
         >>> jpeg_compress(np.full((16, 16), 0.5, np.float32), quality=50).shape
         (16, 16)
     """
-    image = _check_image(image)
+    image = check_image(image)
     if (
         isinstance(quality, bool)
         or not isinstance(quality, (int, np.integer))
@@ -341,7 +310,7 @@ def downsample(image: np.ndarray, factor: int = 4) -> np.ndarray:
         >>> downsample(np.zeros((32, 64, 3), np.float32), 4).shape
         (8, 16, 3)
     """
-    image = _check_image(image)
+    image = check_image(image)
     f = _check_positive_int(factor, "factor")
     h, w = image.shape[:2]
     if h % f or w % f:
@@ -354,7 +323,7 @@ def downsample(image: np.ndarray, factor: int = 4) -> np.ndarray:
     return _from_pil(resized, image)
 
 
-def _check_mask(mask: object, h: int, w: int) -> np.ndarray:
+def check_mask(mask: object, h: int, w: int) -> np.ndarray:
     """Return ``mask`` as float32 (H, W) or (H, W, C) after checking its shape and values."""
     if not isinstance(mask, np.ndarray):
         raise TypeError(f"mask must be a numpy array, got {type(mask).__name__}")
@@ -388,9 +357,9 @@ def apply_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         >>> float(apply_mask(np.ones((4, 4, 3), np.float32), np.zeros((4, 4))).max())
         0.0
     """
-    image = _check_image(image)
+    image = check_image(image)
     h, w = image.shape[:2]
-    m = _check_mask(mask, h, w)
+    m = check_mask(mask, h, w)
     if image.ndim == 2:
         if m.ndim == 3 and m.shape[2] != 1:
             raise ValueError(f"mask has shape {mask.shape}, grayscale image is {image.shape}")
@@ -533,7 +502,7 @@ def blur(
         >>> float(blur(np.full((8, 8), 0.25, np.float32), sigma=1.0).max())
         0.25
     """
-    image = _check_image(image)
+    image = check_image(image)
     if sigma is not None and kernel is not None:
         raise ValueError("give either sigma or kernel, not both")
     shape_hw = (int(image.shape[0]), int(image.shape[1]))
@@ -541,9 +510,9 @@ def blur(
         if sigma is None:
             kernel = gaussian_kernel(DEFAULT_BLUR_SIGMA)
         else:
-            kernel = _checked_gaussian_kernel(sigma, shape_hw, "sigma")
+            kernel = checked_gaussian_kernel(sigma, shape_hw, "sigma")
     else:
-        kernel = _checked_kernel(kernel, shape_hw, "kernel")
+        kernel = checked_kernel(kernel, shape_hw, "kernel")
     op = BlurOperator(kernel)
     chw = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
     x = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float64))[None]
@@ -551,96 +520,3 @@ def blur(
         y = op(x)[0].numpy()
     out = y[0] if image.ndim == 2 else np.moveaxis(y, 0, -1)
     return np.ascontiguousarray(out, dtype=np.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# Dispatcher
-# --------------------------------------------------------------------------------------------
-#: Options accepted by :func:`degrade` for each task (besides ``seed``).
-TASKS: dict[str, tuple[str, ...]] = {
-    "denoise": ("sigma", "clip"),
-    "jpeg": ("quality",),
-    "super_resolution": ("factor",),
-    "inpaint": ("mask", "coverage"),
-    "restore_pixels": ("keep", "channels"),
-    "deblur": ("sigma", "kernel"),
-}
-
-
-def degrade(
-    image: np.ndarray, task: Task | str, *, seed: int = 0, **options: Any
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Make the observation of ``image`` for one restoration task.
-
-    Tasks, their options (defaults) and what they return:
-
-    - ``"denoise"``: sigma (25/255), clip (True) -> noisy image.
-    - ``"jpeg"``: quality (10) -> decoded JPEG.
-    - ``"super_resolution"``: factor (4) -> LR image (H / factor, W / factor).
-    - ``"inpaint"``: mask (default ``text_mask(seed=seed)``), coverage (0.05) -> (observed, mask).
-    - ``"restore_pixels"``: keep (0.5), channels (1) -> (observed, mask).
-    - ``"deblur"``: sigma (2.0) or kernel -> blurred image.
-
-    ``seed`` seeds the noise (denoise) and the generated masks (inpaint without ``mask``,
-    restore_pixels); the other tasks are deterministic and ignore it. ``coverage`` applies only to
-    a generated text mask.
-
-    Args:
-        image: Clean image (H, W) or (H, W, C), float in [0, 1].
-        task: One of the task names above.
-        seed: Random seed.
-        **options: Task options from the table.
-
-    Returns:
-        The observation (float32), or ``(observation, mask)`` for the masked tasks, the mask being
-        float32 {0, 1} of shape (H, W, 1) unless given.
-
-    Raises:
-        ValueError: For an unknown task or option, an invalid image or invalid option values.
-        TypeError: If ``image`` is not a float numpy array.
-
-    Example:
-        >>> x = np.full((32, 32, 3), 0.5, np.float32)
-        >>> degrade(x, "super_resolution", factor=4).shape
-        (8, 8, 3)
-        >>> y, m = degrade(x, "restore_pixels", keep=0.25, seed=1)
-    """
-    if not isinstance(task, str) or task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
-    valid = TASKS[task]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {', '.join(unknown)} for task {task!r}; "
-            f"valid options: {', '.join(valid) or 'none'} (and seed)"
-        )
-    image = _check_image(image)
-    if task == "denoise":
-        return add_gaussian_noise(
-            image, options.get("sigma", 25 / 255), seed=seed, clip=options.get("clip", True)
-        )
-    if task == "jpeg":
-        return jpeg_compress(image, options.get("quality", 10))
-    if task == "super_resolution":
-        return downsample(image, options.get("factor", 4))
-    if task == "deblur":
-        return blur(image, sigma=options.get("sigma"), kernel=options.get("kernel"))
-    h, w = image.shape[:2]
-    if task == "inpaint":
-        mask = options.get("mask")
-        if mask is None:
-            mask = text_mask((h, w), seed=seed, coverage=options.get("coverage", 0.05))
-        elif "coverage" in options:
-            raise ValueError("coverage applies only to a generated mask; do not give it with mask")
-        else:
-            mask = _check_mask(mask, h, w)
-        return apply_mask(image, mask), mask
-    # restore_pixels
-    channels = _check_positive_int(options.get("channels", 1), "channels")
-    image_channels = 1 if image.ndim == 2 else image.shape[2]
-    if channels not in (1, image_channels):
-        if image.ndim == 2:
-            raise ValueError(f"channels must be 1 for a grayscale image, got {channels}")
-        raise ValueError(f"channels must be 1 or {image_channels} for an image of {image_channels} channels, got {channels}")
-    mask = random_pixel_mask((h, w), options.get("keep", 0.5), seed=seed, channels=channels)
-    return apply_mask(image, mask), mask

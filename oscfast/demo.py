@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from oscfast import io
-from oscfast.api import Restoration, restore
+from oscfast.api import restore
+from oscfast.result import Restoration
 from oscfast.degradations import add_gaussian_noise
 from oscfast.metrics import psnr
 

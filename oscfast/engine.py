@@ -22,6 +22,7 @@ import logging
 import math
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 
 from oscfast.checkpoint import Checkpoint
 from oscfast.config import DIPConfig
-from oscfast.fits import StackedAdam, StackedGenerators, Strategy
+from oscfast.fits import StackedAdam, StackedGenerators, Strategy, resolve_strategy
 from oscfast.memory import check_memory, estimate_run_bytes
 from oscfast.probe import projection
 from oscfast.stopping import Decision, Signals, StopRule
@@ -45,11 +46,13 @@ __all__ = [
     "EngineOptions",
     "FitSpec",
     "GeneratorSnapshot",
+    "ResumePoint",
     "RunRecord",
     "SyncInfo",
     "Watch",
     "canvas_geometry",
     "make_input",
+    "ring_size_for",
     "run_fits",
 ]
 
@@ -71,6 +74,9 @@ class EngineOptions:
         cuda_graph: capture the step in a CUDA graph (None: whenever the device is CUDA).
         strategy: how K fits share a step (:class:`oscfast.fits.StackedGenerators`).
         seed: unused by the engine itself (each fit has its own); kept for callers.
+            ``"auto"`` is the loop on a CPU (measured faster on 2 cores) and vmap on CUDA when
+            there are several fits: the CUDA choice is unmeasured in this version (no GPU run);
+            pass ``"loop"`` or ``"vmap"`` to choose.
         progress: show a tqdm bar.
         check_memory: estimate the memory before allocating and refuse runs that do not fit.
         sync_every: iterations between two reads of the device buffers by the host.
@@ -82,6 +88,15 @@ class EngineOptions:
             shape pays the compile time; a failure falls back to eager with a logged reason).
             Off by default: on this project's 2-core AVX2 CPU it measured slower than eager
             (bench/results/throughput-*.md).
+        allow_tf32: let cuDNN run fp32 convolutions in TF32 on CUDA (10 mantissa bits, faster
+            on Ampere and later). Off by default: an ``"fp32"`` run computes in fp32. The flag
+            is set inside the run only (``torch.backends.cudnn.flags``) and restored after it.
+        keep_resume_points: keep, on the host, the driving fit's weights, Adam state and
+            reg-noise state at each sync that the rule may still return from
+            (:class:`ResumePoint`), so that the returned iteration's generator can be rebuilt
+            exactly by a few eager steps (``Restoration.export``). Costs host memory: about
+            three copies of the network's parameters per ``sync_every`` iterations of the
+            ring (``estimate_run_bytes(..., resume_points=...)``).
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -96,6 +111,8 @@ class EngineOptions:
     emv_alpha: float = 0.1
     change_lag: int = 100
     compile: bool = False
+    allow_tf32: bool = False
+    keep_resume_points: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
@@ -180,6 +197,36 @@ class GeneratorSnapshot:
 
 
 @dataclass
+class ResumePoint:
+    """One fit's state at the start of an iteration, on the host: enough to continue that fit
+    alone, step for step (its weights, Adam moments and step count, reg-noise generator state
+    and exponential average).
+
+    Attributes:
+        iteration: the iteration about to run (the weights are those its output comes from).
+        parameters: stacked-parameter name -> the fit's tensor.
+        exp_avg, exp_avg_sq: Adam's moments, in the order of the parameters.
+        adam_step: Adam's step count.
+        rng_state: the reg-noise generator's state.
+        ema: the exponential average, (1, C, H, W).
+    """
+
+    iteration: int
+    parameters: dict[str, torch.Tensor]
+    exp_avg: list[torch.Tensor]
+    exp_avg_sq: list[torch.Tensor]
+    adam_step: float
+    rng_state: torch.Tensor
+    ema: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        """Host bytes held."""
+        tensors = [*self.parameters.values(), *self.exp_avg, *self.exp_avg_sq, self.rng_state, self.ema]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass
 class RunRecord:
     """What one engine run produced (host-side CPU tensors and numpy arrays).
 
@@ -194,6 +241,8 @@ class RunRecord:
         seconds: wall time of the loop.
         rules: the watches' rules after the run (their scores and histories).
         interrupted: the run was cancelled or interrupted before its rule fired.
+        resume_point: the driving fit's latest :class:`ResumePoint` at or before the chosen
+            iteration (None when none was kept): the export continues from it.
     """
 
     decisions: list[Decision]
@@ -207,6 +256,7 @@ class RunRecord:
     rules: list[StopRule]
     generator_snapshot: GeneratorSnapshot | None = None
     interrupted: bool = False
+    resume_point: ResumePoint | None = None
 
     @property
     def decision(self) -> Decision:
@@ -243,10 +293,104 @@ def make_input(config: DIPConfig, height: int, width: int, *, seed: int) -> torc
 
 
 def _on_device(task: Task, device: torch.device) -> Task:
-    """The task on ``device``; a copy when it must move (the caller's object is not changed)."""
-    if all(tensor.device == device for tensor in [*task.buffers(), *task.parameters()]):
+    """The task on ``device``; a copy when it must move (the caller's object is not changed).
+
+    Besides its buffers and parameters, a task's tensors can hide in callables it holds (a
+    custom operator that is a closure, or a bound method of a deepinv ``Physics``, which is not
+    a submodule): those move too (:func:`_moved_callable`). A tensor the copy still cannot move
+    (a global of the operator's module, an attribute of a plain object) shows up in one call
+    of the operator on the device, and is reported as a ``ValueError`` naming the problem.
+    """
+    if all(tensor.device == device for tensor in _task_tensors(task)):
         return task
-    return copy.deepcopy(task).to(device)
+    moved = copy.deepcopy(task).to(device)
+    for module in moved.modules():
+        for name, value in list(vars(module).items()):
+            if callable(value) and not isinstance(value, (torch.nn.Module, type)) and not name.startswith("__"):
+                setattr(module, name, _moved_callable(value, device))
+    _check_operator_device(moved, device)
+    return moved
+
+
+def _task_tensors(task: Task) -> Iterator[torch.Tensor]:
+    """Every tensor a task holds: buffers, parameters and those inside its callables."""
+    yield from task.buffers()
+    yield from task.parameters()
+    for module in task.modules():
+        for name, value in vars(module).items():
+            if callable(value) and not isinstance(value, (torch.nn.Module, type)) and not name.startswith("__"):
+                yield from _callable_tensors(value, depth=0)
+
+
+def _callable_tensors(function: object, *, depth: int) -> Iterator[torch.Tensor]:
+    if depth > 4:
+        return
+    owner = getattr(function, "__self__", None)
+    if isinstance(owner, torch.nn.Module):
+        yield from owner.buffers()
+        yield from owner.parameters()
+    if isinstance(function, types.FunctionType):
+        values = [cell.cell_contents for cell in function.__closure__ or () if _cell_filled(cell)]
+        values += list(function.__defaults__ or ()) + list((function.__kwdefaults__ or {}).values())
+        for value in values:
+            if isinstance(value, torch.Tensor):
+                yield value
+            elif isinstance(value, torch.nn.Module):
+                yield from value.buffers()
+                yield from value.parameters()
+            elif callable(value):
+                yield from _callable_tensors(value, depth=depth + 1)
+
+
+def _cell_filled(cell: types.CellType) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - an empty cell raises
+    except ValueError:
+        return False
+    return True
+
+
+def _moved_callable(function: object, device: torch.device, depth: int = 0) -> object:
+    """``function`` with its tensors on ``device``: a bound method of a module (already a copy,
+    made by the task's deepcopy) has its module moved; a closure is rebuilt with moved copies
+    of the tensors and modules in its cells and defaults (the caller's function is unchanged)."""
+    owner = getattr(function, "__self__", None)
+    if isinstance(owner, torch.nn.Module):
+        owner.to(device)
+        return function
+    if not isinstance(function, types.FunctionType) or depth > 4:
+        return function
+
+    def move(value: object) -> object:
+        if isinstance(value, torch.Tensor):
+            return value.to(device)
+        if isinstance(value, torch.nn.Module):
+            return copy.deepcopy(value).to(device)
+        if callable(value):
+            return _moved_callable(value, device, depth + 1)
+        return value
+
+    cells = tuple(types.CellType(move(cell.cell_contents)) if _cell_filled(cell) else cell for cell in function.__closure__ or ())
+    moved = types.FunctionType(function.__code__, function.__globals__, function.__name__,
+                               tuple(move(v) for v in function.__defaults__ or ()) or None, cells or None)
+    moved.__kwdefaults__ = {k: move(v) for k, v in (function.__kwdefaults__ or {}).items()} or None
+    moved.__dict__.update(function.__dict__)
+    return moved
+
+
+def _check_operator_device(task: Task, device: torch.device) -> None:
+    """One call of the moved operator on the device; a tensor left behind is named."""
+    try:
+        with torch.no_grad():
+            task(torch.zeros((1, *task.output_shape), device=device))
+    except RuntimeError as error:
+        if "device" not in str(error):
+            raise
+        raise ValueError(
+            f"the task's operator keeps tensors that oscfast cannot move to {device} (a global, or an "
+            f"attribute of an object that is not a torch module): {error}. Build the operator's tensors "
+            f"on {device}, or make them attributes of an nn.Module (or of the closure)"
+        ) from None
 
 
 def _copy_buffers(source: Task, target: Task) -> None:
@@ -264,7 +408,12 @@ def _stack(values: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 class _DeviceState:
-    """Everything the step touches for K fits, preallocated on the device."""
+    """Everything the step touches for K fits, preallocated on the device.
+
+    The rings of recent outputs are kept only for the fits whose images are read
+    (``ring_slots``: each restoration's driving fit); every fit's newest raw output is kept in
+    ``last_raw``.
+    """
 
     def __init__(
         self,
@@ -275,6 +424,7 @@ class _DeviceState:
         metrics: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
         ring_size: int,
         options: EngineOptions,
+        ring_slots: Sequence[int] | None = None,
     ) -> None:
         device = options.device
         self.device = device
@@ -287,7 +437,7 @@ class _DeviceState:
         self.height, self.width = height, width
         self.generators = StackedGenerators(
             config.net, channels, [fit.seed for fit in fits], strategy=options.strategy, device=device,
-            compile=options.compile,
+            compile=options.compile, compute_dtype=torch.bfloat16 if options.precision == "bf16" else None,
         )
         self.optimizer = StackedAdam(list(self.generators.parameters()), num_slots=k, lr=config.learning_rate)
         self.z = torch.cat([make_input(config, self.geometry.height, self.geometry.width, seed=fit.seed + 1) for fit in fits])
@@ -296,13 +446,15 @@ class _DeviceState:
         self.eps = torch.zeros_like(self.z)
         self.reg_noise_std = config.reg_noise_std
         self.rngs = [torch.Generator(device=device).manual_seed(fit.seed + 2) for fit in fits]
-        self.targets, self.noises, self.inv_energies = [], [], []
-        for fit, task in zip(fits, self.tasks):
+        self.targets, self.noises = [], []
+        # 1 / <n, n> per fit on the device: a captured graph reads it at each replay, so a
+        # refill with another probe energy (load_fit) takes effect (a Python float would be
+        # baked into the graph)
+        self.inv_energy = torch.zeros(k, device=device)
+        for slot, (fit, task) in enumerate(zip(fits, self.tasks)):
             noise = fit.probe.to(device) if fit.probe is not None else None
             self.noises.append(noise)
-            energy = float(noise.double().pow(2).sum()) if noise is not None else 0.0
-            # a zero probe has no direction to project on: its P is 0 by convention
-            self.inv_energies.append(1.0 / energy if energy > 0 else 0.0)
+            self.inv_energy[slot] = _inverse_energy(noise)
             self.targets.append(task.observation + noise if fit.noisy_target else task.observation.clone())
         self.signal_names = list(signals)
         self.metric_names = [f"{name}{suffix}" for name in metrics for suffix in ("", "_ema")]
@@ -314,9 +466,18 @@ class _DeviceState:
         image = (k, 1, channels, height, width)
         self.ema = torch.zeros(image, device=device)
         self.ema_decay = config.ema_decay
+        self.last_raw = torch.zeros(image, device=device)
         self.ring_size = ring_size
-        self.ring_raw = torch.zeros((ring_size, *image), device=device)
+        self.ring_slots = list(range(k)) if ring_slots is None else sorted(set(ring_slots))
+        #: slot -> its row in the rings (None: no ring for that slot)
+        self.ring_row: list[int | None] = [None] * k
+        for row, slot in enumerate(self.ring_slots):
+            self.ring_row[slot] = row
+        ring_shape = (ring_size, len(self.ring_slots), *image[1:])
+        self.ring_raw = torch.zeros(ring_shape, device=device)
         self.ring_ema = torch.zeros_like(self.ring_raw)
+        self.ring_index = torch.tensor(self.ring_slots, dtype=torch.long, device=device)
+        self.ring_rows = torch.arange(len(self.ring_slots), device=device)
         self.fit_index = torch.arange(k, device=device)
         # eager runs index the rings with host integers (plain slicing: tensor indexing costs
         # milliseconds per image on a CPU); a captured graph must use the device counter
@@ -373,8 +534,9 @@ class _DeviceState:
         for name, outputs in (("p", measured), ("p_ema", measured_ema)):
             if name in self.signal_names:
                 values[name] = _stack([
-                    projection(m, n, inv) if n is not None else torch.zeros((), device=self.device)
-                    for m, n, inv in zip(outputs, self.noises, self.inv_energies)
+                    projection(m, n, self.inv_energy[i]) if n is not None
+                    else torch.zeros((), device=self.device)
+                    for i, (m, n) in enumerate(zip(outputs, self.noises))
                 ])
         if "wmv" in self.signal_names:
             values["wmv"] = self._windowed_variance(x)
@@ -390,8 +552,9 @@ class _DeviceState:
         # its last column, which nobody reads any more
         index = self.t.clamp(max=self.trace.shape[2] - 1).view(k, 1, 1).expand(k, len(self.trace_names), 1)
         self.trace.scatter_(2, index, row.unsqueeze(-1))
-        self._put(self.ring_raw, self.ring_size, x)
-        self._put(self.ring_ema, self.ring_size, self.ema)
+        self.last_raw.copy_(x)
+        self._put_rows(self.ring_raw, x)
+        self._put_rows(self.ring_ema, self.ema)
         self.t.add_(1)
         if self.host_t is not None:
             self.host_t = [t + 1 for t in self.host_t]
@@ -409,6 +572,16 @@ class _DeviceState:
                 ring[t % size, k].copy_(values[k])
         else:
             ring.index_put_((torch.remainder(self.t, size), self.fit_index), values)
+
+    def _put_rows(self, ring: torch.Tensor, values: torch.Tensor) -> None:
+        """Write the ring slots' values at position t mod ring_size of a ring (size, R, ...)."""
+        size = self.ring_size
+        if self.host_t is not None:
+            for row, slot in enumerate(self.ring_slots):
+                ring[self.host_t[slot] % size, row].copy_(values[slot])
+        else:
+            position = torch.remainder(self.t.index_select(0, self.ring_index), size)
+            ring.index_put_((position, self.ring_rows), values.index_select(0, self.ring_index))
 
     def _windowed_variance(self, x: torch.Tensor) -> torch.Tensor:
         """ES-WMV's VAR_t = mean over elements of the variance across the last W outputs
@@ -470,10 +643,10 @@ class _DeviceState:
                 self.noises[k].copy_(noise)
             else:
                 self.noises[k] = noise
-            energy = float(noise.double().pow(2).sum()) if noise is not None else 0.0
-            self.inv_energies[k] = 1.0 / energy if energy > 0 else 0.0
+            self.inv_energy[k] = _inverse_energy(noise)
             self.targets[k].copy_(self.tasks[k].observation + noise if fit.noisy_target else self.tasks[k].observation)
             self.ema[k].zero_()
+            self.last_raw[k].zero_()
             self.t[k] = 0
             self.trace[k].fill_(math.nan)
             for name in ("wmv_ring", "change_ring"):
@@ -488,38 +661,168 @@ class _DeviceState:
     def state_dict(self) -> dict[str, object]:
         """Everything a resumed run needs to continue bit for bit (CPU)."""
         return {
-            "tensors": [tensor.detach().cpu().clone() for tensor in self.mutable_tensors()],
+            "tensors": {name: tensor.detach().cpu().clone() for name, tensor in self.named_mutable_tensors()},
             "rngs": [rng.get_state() for rng in self.rngs],
             "host_t": list(self.host_t) if self.host_t is not None else None,
         }
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
-        tensors = list(self.mutable_tensors())
         saved = state["tensors"]
-        if len(saved) != len(tensors) or any(a.shape != b.shape for a, b in zip(saved, tensors)):
+        if not isinstance(saved, Mapping):  # checkpoint format 1: a list, rings for every fit
+            saved = self._from_format_1(list(saved))
+        tensors = dict(self.named_mutable_tensors())
+        if set(saved) != set(tensors) or any(saved[name].shape != tensors[name].shape for name in tensors):
             raise ValueError("the checkpoint's tensors do not match this run's")
         with torch.no_grad():
-            for tensor, value in zip(tensors, saved):
-                tensor.copy_(value)
+            for name, tensor in tensors.items():
+                tensor.copy_(saved[name])
         for rng, value in zip(self.rngs, state["rngs"]):
             rng.set_state(value)
         if self.host_t is not None:
             self.host_t = list(state["host_t"])
 
+    def _from_format_1(self, saved: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Name the tensors of a format-1 checkpoint (rings of every fit, no ``last_raw``)."""
+        names = [name for name, _ in self.named_mutable_tensors() if name != "last_raw"]
+        if len(saved) != len(names):
+            raise ValueError("the checkpoint's tensors do not match this run's")
+        named = dict(zip(names, saved))
+        t = named["t"]
+        for name in ("ring_raw", "ring_ema"):
+            ring = named[name]
+            if ring.ndim < 2 or ring.shape[1] != self.num_fits:
+                raise ValueError("the checkpoint's tensors do not match this run's")
+            named[name] = ring[:, self.ring_slots].clone()
+        old_raw = saved[names.index("ring_raw")]
+        named["last_raw"] = torch.stack([old_raw[(int(t[k]) - 1) % old_raw.shape[0], k] for k in range(self.num_fits)])
+        return named
+
+    # -- resume points -----------------------------------------------------------------------
+    def resume_point(self, k: int) -> ResumePoint:
+        """Fit ``k``'s state now, copied to the host (:class:`ResumePoint`)."""
+        parameters = {name: tensor[k].detach().cpu().clone() for name, tensor in self.generators.stacked.items()}
+        adam = self.optimizer
+        return ResumePoint(
+            iteration=int(self.host_t[k]) if self.host_t is not None else int(self.t[k]),
+            parameters=parameters,
+            exp_avg=[m[k].detach().cpu().clone() for m in adam.exp_avg],
+            exp_avg_sq=[v[k].detach().cpu().clone() for v in adam.exp_avg_sq],
+            adam_step=float(adam.steps[k]),
+            rng_state=self.rngs[k].get_state(),
+            ema=self.ema[k].detach().cpu().clone(),
+        )
+
+    def load_resume_point(self, k: int, point: ResumePoint) -> None:
+        """Put fit ``k`` in the state of ``point`` (the trace and rings are not restored)."""
+        adam = self.optimizer
+        with torch.no_grad():
+            for name, tensor in self.generators.stacked.items():
+                tensor[k].copy_(point.parameters[name])
+            for moments, saved in ((adam.exp_avg, point.exp_avg), (adam.exp_avg_sq, point.exp_avg_sq)):
+                for tensor, value in zip(moments, saved):
+                    tensor[k].copy_(value)
+            adam.steps[k] = point.adam_step
+            self.ema[k].copy_(point.ema)
+            self.t[k] = point.iteration
+        self.rngs[k].set_state(point.rng_state)
+        if self.host_t is not None:
+            self.host_t[k] = point.iteration
+
     # -- host-side helpers -------------------------------------------------------------------
     def images_at(self, fit: int, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw and averaged output of ``fit`` at ``iteration`` (still in the ring)."""
+        row = self.ring_row[fit]
+        if row is None:
+            raise ValueError(f"slot {fit} keeps no ring of outputs (ring slots: {self.ring_slots})")
         slot = iteration % self.ring_size
-        return self.ring_raw[slot, fit].clone(), self.ring_ema[slot, fit].clone()
+        return self.ring_raw[slot, row].clone(), self.ring_ema[slot, row].clone()
 
     def mutable_tensors(self) -> Iterator[torch.Tensor]:
-        """Tensors a warm-up changes, to be put back before the real run."""
-        yield from self.generators.parameters()
-        yield from self.optimizer.state_tensors()
-        yield from (self.ema, self.t, self.trace, self.ring_raw, self.ring_ema)
+        """Tensors a step changes (checkpoints hold them; a warm-up is undone on them)."""
+        for _, tensor in self.named_mutable_tensors():
+            yield tensor
+
+    def named_mutable_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """:meth:`mutable_tensors` with names."""
+        for name, tensor in self.generators.stacked.items():
+            yield f"param.{name}", tensor
+        for i, tensor in enumerate(self.optimizer.state_tensors()):
+            yield f"adam.{i}", tensor
+        yield from (("ema", self.ema), ("t", self.t), ("trace", self.trace), ("ring_raw", self.ring_raw),
+                    ("ring_ema", self.ring_ema))
         for name in ("wmv_ring", "wmv_sum", "wmv_sumsq", "emv_mean", "emv", "change_ring"):
             if hasattr(self, name):
-                yield getattr(self, name)
+                yield name, getattr(self, name)
+        yield "last_raw", self.last_raw
+
+    def ring_positions(self) -> dict[str, tuple[int, list[int]]]:
+        """Ring tensors -> (ring size, the fits' current positions): a step writes only there."""
+        rings = {"ring_raw": self.ring_size, "ring_ema": self.ring_size}
+        if hasattr(self, "wmv_ring"):
+            rings["wmv_ring"] = self.wmv_window
+        if hasattr(self, "change_ring"):
+            rings["change_ring"] = self.change_lag
+        t = self.host_t if self.host_t is not None else [int(v) for v in self.t.cpu()]
+        return {name: (size, t) for name, size in rings.items()}
+
+
+def _inverse_energy(noise: torch.Tensor | None) -> float:
+    """1 / <n, n> (method.md section 3); a zero or absent probe has no direction: 0 (P = 0)."""
+    energy = float(noise.double().pow(2).sum()) if noise is not None else 0.0
+    return 1.0 / energy if energy > 0 else 0.0
+
+
+class _WarmupUndo:
+    """Save what ``steps`` eager steps will change, put it back afterwards (tensors and the
+    reg-noise generators' states), cloning on the device only what the steps touch: whole
+    tensors for the weights, Adam and the averages, but only the rows of the rings and the
+    trace columns at the fits' next ``steps`` positions (the rings are most of the memory).
+
+    Used around the warm-up and capture of a CUDA graph (:func:`_capture_cuda_graph`); the
+    generators' states are restored with ``set_state``, so a run resumed from a checkpoint
+    continues its reg-noise stream instead of restarting it.
+    """
+
+    def __init__(self, state: _DeviceState, steps: int) -> None:
+        self.state = state
+        self.rng_states = [rng.get_state() for rng in state.rngs]
+        rings = state.ring_positions()
+        t = rings["ring_raw"][1] if rings else []
+        cap = state.trace.shape[2]
+        self.saved: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
+        for name, tensor in state.named_mutable_tensors():
+            if name in rings:
+                size, positions = rings[name]
+                rows = sorted({(p + i) % size for p in positions for i in range(steps)})
+                index = torch.tensor(rows, dtype=torch.long, device=tensor.device)
+                self.saved.append((tensor, index, tensor.index_select(0, index).clone()))
+            elif name == "trace":
+                columns = sorted({min(p + i, cap - 1) for p in t for i in range(steps)})
+                index = torch.tensor(columns, dtype=torch.long, device=tensor.device)
+                self.saved.append((tensor, index, tensor.index_select(2, index).clone()))
+            else:
+                self.saved.append((tensor, None, tensor.detach().clone()))
+        self.host_t = list(state.host_t) if state.host_t is not None else None
+
+    @property
+    def nbytes(self) -> int:
+        """Device bytes the saved copies hold."""
+        return sum(copy_.numel() * copy_.element_size() for _, _, copy_ in self.saved)
+
+    def restore(self) -> None:
+        """Put every saved tensor and generator state back."""
+        with torch.no_grad():
+            for tensor, index, value in self.saved:
+                if index is None:
+                    tensor.copy_(value)
+                elif tensor is self.state.trace:
+                    tensor.index_copy_(2, index, value)
+                else:
+                    tensor.index_copy_(0, index, value)
+        for rng, value in zip(self.state.rngs, self.rng_states):
+            rng.set_state(value)
+        if self.host_t is not None:
+            self.state.host_t = list(self.host_t)
 
 
 def cuda_graph_unavailable_reason() -> str | None:
@@ -534,26 +837,107 @@ def cuda_graph_unavailable_reason() -> str | None:
     return None
 
 
+def _device_scope(device: torch.device) -> contextlib.AbstractContextManager:
+    """Make ``device`` the current CUDA device (streams, graphs and the caching allocator
+    follow the current device, not the tensors'); nothing on other devices."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _backend_flags(options: EngineOptions) -> contextlib.AbstractContextManager:
+    """cuDNN settings for the run's scope (restored after it): benchmark mode, and TF32 only
+    when the options allow it (an ``"fp32"`` run computes in fp32 otherwise)."""
+    if options.device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False, allow_tf32=options.allow_tf32)
+
+
 def _capture_cuda_graph(state: _DeviceState, warmup: int = 3) -> torch.cuda.CUDAGraph:
-    """Capture one step in a CUDA graph; the warm-up steps it needs are undone afterwards."""
-    saved = [tensor.detach().clone() for tensor in state.mutable_tensors()]
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            state.step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    for rng in state.rngs:
-        graph.register_generator_state(rng)
-    with torch.cuda.graph(graph):
-        state.step()
-    with torch.no_grad():
-        for tensor, value in zip(state.mutable_tensors(), saved):
-            tensor.copy_(value)
-    for rng in state.rngs:
-        rng.manual_seed(rng.initial_seed())
+    """Capture one step in a CUDA graph on the state's device; the warm-up steps it needs are
+    undone afterwards, the reg-noise generators' states included (:class:`_WarmupUndo`), also
+    when the capture fails."""
+    device = state.device
+    undo = _WarmupUndo(state, warmup + 1)
+    try:
+        with _device_scope(device):
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    state.step()
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            for rng in state.rngs:
+                graph.register_generator_state(rng)
+            with torch.cuda.graph(graph, stream=torch.cuda.Stream(device=device)):
+                state.step()
+    finally:
+        undo.restore()
     return graph
+
+
+def _graph_or_eager(
+    state: _DeviceState, capture: Callable[[_DeviceState], object] = _capture_cuda_graph
+) -> tuple[object | None, Callable[[], None]]:
+    """Capture the step, or say why not and step eagerly: (graph or None, the step to call).
+
+    A capture fails when the step does something a graph cannot hold, e.g. a custom operator
+    that reads a value on the host (``.item()``, ``if tensor:``) or makes a tensor from host
+    data; the run then goes on eagerly from the same state, with the reason in the log.
+    """
+    reason = cuda_graph_unavailable_reason()
+    if reason is None:
+        try:
+            graph = capture(state)
+        except RuntimeError as error:
+            reason = (f"the step cannot be captured in a CUDA graph ({type(error).__name__}: {error}); "
+                      "a custom operator that syncs with the host does this. Running the step eagerly")
+        else:
+            return graph, graph.replay
+    logger.warning(reason)
+    if state.host_t is None:  # eager steps index the rings with host counters
+        state.host_t = [int(v) for v in state.t.cpu()]
+    return None, state.step
+
+
+@dataclass(frozen=True)
+class DeviceClock:
+    """Wall time that includes the device's queued work: ``sync`` before each ``read``.
+
+    On CUDA the host only queues kernels, so a clock read without a sync measures launches.
+    """
+
+    sync: Callable[[], None]
+    read: Callable[[], float] = time.perf_counter
+
+    def now(self) -> float:
+        """Wait for the device, then read the clock."""
+        self.sync()
+        return self.read()
+
+
+def device_clock(device: torch.device) -> DeviceClock:
+    """The :class:`DeviceClock` of ``device`` (no sync on a CPU)."""
+    if device.type == "cuda":
+        return DeviceClock(lambda: torch.cuda.synchronize(device))
+    return DeviceClock(lambda: None)
+
+
+def ring_size_for(lag: int, sync_every: int) -> int:
+    """Recent outputs a run keeps for its driving fit: the rule's lag and one sync block more
+    (a new choice is at most ``lag`` iterations old when the block that reveals it ends)."""
+    return lag + sync_every + 1
+
+
+def resume_points_for(ring_size: int, sync_every: int) -> int:
+    """The most :class:`ResumePoint` kept per driving fit: one per sync in the ring, one for
+    the current choice and the newest."""
+    return ring_size // sync_every + 2
+
+
+def _point_before(points: Sequence[ResumePoint], iteration: int) -> ResumePoint | None:
+    """The latest point at or before ``iteration`` (None when there is none)."""
+    before = [point for point in points if point.iteration <= iteration]
+    return before[-1] if before else None
 
 
 def _signals_for(watch: Watch, chunk: dict[str, np.ndarray]) -> Signals:
@@ -594,6 +978,8 @@ class Group:
     interrupted: bool = False
     #: wall time spent while this group was running (its share is the whole step's time)
     seconds: float = 0.0
+    #: the driving fit's states at the syncs its rule may still return from (oldest first)
+    resume_points: list[ResumePoint] = field(default_factory=list)
 
     @property
     def leader(self) -> Watch:
@@ -668,16 +1054,23 @@ class BatchRun:
         self.signals = list(signals) if signals is not None else _signal_names(all_watches, extra_signals)
         self.metrics = dict(metrics or {})
         if ring_size is None:
-            ring_size = max(g.leader.rule.lag for g in self.groups) + options.sync_every + 1
+            ring_size = ring_size_for(max(g.leader.rule.lag for g in self.groups), options.sync_every)
         self.ring_size = ring_size
+        ring_slots = [g.slot(g.leader.fit) for g in self.groups]
         if options.check_memory:
             check_memory(
                 estimate_run_bytes(fits[0].task.output_shape, config, ring_size=ring_size, num_fits=len(fits),
                                    window=options.wmv_window if "wmv" in self.signals else 0,
-                                   change_lag=options.change_lag if "change" in self.signals else 0),
+                                   change_lag=options.change_lag if "change" in self.signals else 0,
+                                   ring_fits=len(ring_slots), cuda_graph=options.use_cuda_graph,
+                                   resume_points=(resume_points_for(ring_size, options.sync_every) * len(ring_slots)
+                                                  if options.keep_resume_points and options.device.type == "cpu" else 0)),
                 options.device, shape_hw=tuple(fits[0].task.output_shape[1:]),
             )
-        self.state = _DeviceState(fits, config, signals=self.signals, metrics=self.metrics, ring_size=ring_size, options=options)
+        self.state = _DeviceState(fits, config, signals=self.signals, metrics=self.metrics, ring_size=ring_size,
+                                  options=options, ring_slots=ring_slots)
+        #: the clock of group times (synchronises the device before each read)
+        self.clock = device_clock(options.device)
         self.seconds = 0.0
         self.steps = 0
         #: False while a step block runs: a state_dict taken then (after Ctrl-C) would not resume
@@ -697,9 +1090,15 @@ class BatchRun:
         missing = set().union(*(w.rule.needs for w in watches)) & set(ENGINE_SIGNALS) - set(self.signals)
         if missing:
             raise ValueError(f"this run does not compute the signals {sorted(missing)}")
+        new = Group(list(old.slots), list(watches), driver, tag)
+        if self.state.ring_row[new.slot(new.leader.fit)] is None:
+            raise ValueError(
+                f"the new driving fit {new.leader.fit} runs in slot {new.slot(new.leader.fit)}, which keeps no ring "
+                f"of outputs (the ring slots are {self.state.ring_slots}: the first groups' driving fits)"
+            )
         for slot, fit in zip(old.slots, fits):
             self.state.load_fit(slot, fit, self.config)
-        self.groups[index] = Group(list(old.slots), list(watches), driver, tag)
+        self.groups[index] = new
 
     # -- the loop ----------------------------------------------------------------------------
     def run(
@@ -719,28 +1118,20 @@ class BatchRun:
         """
         options, state = self.options, self.state
         cap = self.config.max_iterations
-        device = options.device
-        flags = (
-            torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False, allow_tf32=True)
-            if device.type == "cuda"
-            else contextlib.nullcontext()
-        )
-        start = time.perf_counter()
+        clock = self.clock
+        start = clock.now()
         total = sum(1 for g in self.groups if not g.finished) * cap
         bar = tqdm(total=total, disable=not options.progress, unit="it", leave=False)
         try:
-            with flags:
-                if options.use_cuda_graph and self._graph is None:
-                    reason = cuda_graph_unavailable_reason()
-                    if reason is None:
-                        self._graph = _capture_cuda_graph(state)
-                    elif not self._graph_warned:
-                        logger.warning(reason)
-                        self._graph_warned = True
+            with _device_scope(options.device), _backend_flags(options):
+                if options.use_cuda_graph and self._graph is None and not self._graph_warned:
+                    self._graph, _ = _graph_or_eager(state)
+                    self._graph_warned = self._graph is None
                 run_step = self._graph.replay if self._graph is not None else state.step
+                self._keep_resume_points()
                 while any(not g.finished for g in self.groups):
                     count = min(options.sync_every, *(cap - g.done for g in self.groups if not g.finished))
-                    block_start = time.perf_counter()
+                    block_start = clock.now()
                     running = [g for g in self.groups if not g.finished]
                     try:
                         self.consistent = False  # the device runs ahead of the host's counters
@@ -748,9 +1139,11 @@ class BatchRun:
                             run_step()
                         self.consistent = True
                         self.steps += count
+                        block_end = clock.now()  # the device's work, not the launches
                         for group in running:  # before the sync: a group finishing there has its time
-                            group.seconds += time.perf_counter() - block_start
+                            group.seconds += block_end - block_start
                         self._sync(count, stop_mode, bar, on_sync, on_group_done)
+                        self._keep_resume_points()
                         if checkpoint is not None:
                             checkpoint(self)
                         cancelled = cancel is not None and (cancel.is_set() if isinstance(cancel, threading.Event) else cancel())
@@ -759,11 +1152,28 @@ class BatchRun:
                     if cancelled:
                         self._interrupt()
                         break
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
         finally:
             bar.close()
-            self.seconds += time.perf_counter() - start
+            self.seconds += clock.now() - start
+
+    def _keep_resume_points(self) -> None:
+        """At a sync: keep the driving fits' :class:`ResumePoint` and drop the ones no choice
+        can need any more (the rule can still choose the iterations in the ring, or keep its
+        current choice)."""
+        if not self.options.keep_resume_points:
+            return
+        for group in self.groups:
+            if group.finished:
+                continue
+            points = group.resume_points
+            if not points or points[-1].iteration != group.done:
+                points.append(self.state.resume_point(group.slot(group.leader.fit)))
+            oldest = group.done - self.ring_size
+            chosen = group.leader.rule.decision.iteration
+            if chosen is not None:
+                oldest = min(oldest, chosen)
+            while len(points) > 1 and points[1].iteration <= oldest:
+                points.pop(0)
 
     def _interrupt(self) -> None:
         for index, group in enumerate(self.groups):
@@ -801,9 +1211,7 @@ class BatchRun:
                     iteration=group.done,
                     decisions=tuple(w.rule.decision for w in group.watches),
                     latest={name: values[:, -1] for name, values in chunk.items()},
-                    images=lambda slots=slots, t=group.done: {
-                        "raw": state.ring_raw[(t - 1) % self.ring_size, slots].clone(), "ema": state.ema[slots].clone(),
-                    },
+                    images=lambda slots=slots: {"raw": state.last_raw[slots].clone(), "ema": state.ema[slots].clone()},
                 ))
             if (stop_mode == "osc" and lead.should_stop) or group.done >= self.config.max_iterations:
                 group.finished = True
@@ -851,7 +1259,7 @@ class BatchRun:
         state = self.state
         done = group.done
         traces = state.trace[group.slots, :, :done].cpu().double().numpy()
-        last = state.ring_raw[(done - 1) % self.ring_size, group.slots].detach().cpu().clone()
+        last = state.last_raw[group.slots].detach().cpu().clone()
         assert group.best_raw is not None and group.best_ema is not None
         return RunRecord(
             decisions=[w.rule.decision for w in group.watches],
@@ -864,6 +1272,8 @@ class BatchRun:
             seconds=group.seconds,
             rules=[w.rule for w in group.watches],
             interrupted=group.interrupted,
+            resume_point=_point_before(group.resume_points, group.leader.rule.decision.iteration
+                                       if group.leader.rule.decision.iteration is not None else done - 1),
         )
 
 
@@ -881,6 +1291,7 @@ def run_fits(
     cancel: Callable[[], bool] | threading.Event | None = None,
     checkpoint: Checkpoint | None = None,
     snapshot_iteration: int | None = None,
+    resume_from: ResumePoint | None = None,
 ) -> RunRecord:
     """Run K DIP fits in one batched step until the driving rule stops (or the cap).
 
@@ -902,6 +1313,8 @@ def run_fits(
         checkpoint: write (and resume from) checkpoints (:class:`Checkpoint`).
         snapshot_iteration: keep the driving fit's generator and perturbed input of this
             iteration in ``RunRecord.generator_snapshot``; runs eagerly and ends after it.
+        resume_from: with ``snapshot_iteration``: start the driving fit from this
+            :class:`ResumePoint` (kept by an earlier run of the same fit) instead of iteration 0.
 
     Returns:
         A :class:`RunRecord`.
@@ -911,7 +1324,7 @@ def run_fits(
         raise ValueError(f"unknown stop mode {stop_mode!r}; expected 'osc' or 'never'")
     run = BatchRun([(fits, watches, driver, None)], config, metrics=metrics, extra_signals=extra_signals, options=options)
     if snapshot_iteration is not None:
-        return _run_to_snapshot(run, watches[driver].fit, snapshot_iteration)
+        return _run_to_snapshot(run, watches[driver].fit, snapshot_iteration, resume_from)
     if checkpoint is not None:
         checkpoint.restore(run)
     run.run(stop_mode=stop_mode, cancel=cancel, on_sync=on_sync, checkpoint=checkpoint)
@@ -920,13 +1333,20 @@ def run_fits(
     return run.record(0)
 
 
-def _run_to_snapshot(run: BatchRun, fit: int, iteration: int) -> RunRecord:
-    """Run eagerly up to ``iteration`` and keep the generator that produced its output."""
+def _run_to_snapshot(run: BatchRun, fit: int, iteration: int, resume_from: ResumePoint | None = None) -> RunRecord:
+    """Run eagerly up to ``iteration`` (from ``resume_from`` when given) and keep the generator
+    that produced its output."""
     if iteration < 0:
         raise ValueError(f"snapshot_iteration must be >= 0, got {iteration}")
     state = run.state
     start = time.perf_counter()
-    for _ in range(iteration):
+    first = 0
+    if resume_from is not None:
+        if resume_from.iteration > iteration:
+            raise ValueError(f"the resume point is at iteration {resume_from.iteration}, after {iteration}")
+        state.load_resume_point(fit, resume_from)
+        first = resume_from.iteration
+    for _ in range(first, iteration):
         state.step()
     net_before = state.generators.module(fit)
     state.step()
@@ -940,7 +1360,7 @@ def _run_to_snapshot(run: BatchRun, fit: int, iteration: int) -> RunRecord:
     traces = state.trace[:, :, :done].cpu().double().numpy()
     return RunRecord(
         decisions=[Decision(iteration=iteration)], driver=0, iterations_run=done, raw_image=raw.cpu(),
-        ema_image=ema.cpu(), last_images=state.ring_raw[iteration % state.ring_size].cpu().clone(),
+        ema_image=ema.cpu(), last_images=state.last_raw.cpu().clone(),
         traces={name: traces[:, i] for i, name in enumerate(state.trace_names)},
         seconds=time.perf_counter() - start, rules=[w.rule for w in run.groups[0].watches], generator_snapshot=snapshot,
     )

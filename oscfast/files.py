@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "check_writable", "write_text_atomic"]
+__all__ = ["atomic_write", "write_text_atomic"]
 
 
 def _read_umask() -> int:
@@ -46,21 +46,3 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write(path, lambda stream: stream.write(text), binary=False)
 
 
-def check_writable(path: str | os.PathLike[str], *, suffixes: tuple[str, ...] | None = None, what: str = "file") -> Path:
-    """Check before any work that ``path`` can be written: an accepted suffix, not a folder, and
-    a folder that exists (or can be created under a writable one).
-
-    Raises:
-        ValueError: naming the problem.
-    """
-    path = Path(path).expanduser()
-    if suffixes is not None and path.suffix.lower() not in suffixes:
-        raise ValueError(f"cannot write the {what} '{path}': expected a name ending in {' or '.join(suffixes)}")
-    if path.is_dir():
-        raise ValueError(f"cannot write the {what} '{path}': it is a folder")
-    folder = path.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write the {what} '{path}': the folder '{folder}' is not writable")
-    return path

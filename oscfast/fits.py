@@ -35,9 +35,29 @@ from oscfast.models import NetSpec, build_net
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Strategy", "StackedAdam", "StackedGenerators", "initial_net", "without_running_stats"]
+__all__ = ["CUDA_STRATEGY", "Strategy", "StackedAdam", "StackedGenerators", "initial_net", "resolve_strategy",
+           "without_running_stats"]
 
 Strategy = Literal["auto", "loop", "vmap"]
+
+#: what ``strategy="auto"`` runs on CUDA with several fits. Unmeasured: no GPU has run this
+#: version (vmap's batched kernels are the usual GPU choice; bench/gpu_check.sh times both)
+CUDA_STRATEGY: Literal["loop", "vmap"] = "vmap"
+
+
+def resolve_strategy(strategy: Strategy, device: torch.device, num_fits: int) -> Literal["loop", "vmap"]:
+    """The strategy ``"auto"`` stands for: :data:`CUDA_STRATEGY` on CUDA with several fits,
+    the loop otherwise (measured faster on a 2-core CPU, bench/results/throughput-cpu2.md,
+    and bit-identical to a single run); ``"loop"`` and ``"vmap"`` as given.
+
+    Raises:
+        ValueError: an unknown strategy.
+    """
+    if strategy not in ("auto", "loop", "vmap"):
+        raise ValueError(f"unknown strategy {strategy!r}; expected 'auto', 'loop' or 'vmap'")
+    if strategy != "auto":
+        return strategy
+    return CUDA_STRATEGY if device.type == "cuda" and num_fits > 1 else "loop"
 
 
 def without_running_stats(net: nn.Module) -> nn.Module:
@@ -79,9 +99,15 @@ class StackedGenerators(nn.Module):
         spec: the architecture.
         output_channels: image channels.
         seeds: one seed per fit; equal seeds give equal initial weights.
-        strategy: ``"loop"`` (slot by slot), ``"vmap"`` (batched) or ``"auto"`` (vmap on CUDA
-            when K > 1, loop otherwise: measured faster on a 2-core CPU, bench/throughput.py).
+        strategy: ``"loop"`` (slot by slot), ``"vmap"`` (batched) or ``"auto"``
+            (:func:`resolve_strategy`).
         device: where the parameters live.
+        compile: run the forward through ``torch.compile``.
+        compute_dtype: ``torch.bfloat16`` to run the convolutions in bf16 under vmap. Autocast
+            does not reach inside ``vmap`` (the batched convolutions stay fp32, measured on
+            torch 2.13's CPU), so the vmap forward casts the convolutions' weights and its input
+            itself, as autocast would: convolutions in bf16, BatchNorm's affine parameters and
+            everything after the network in fp32. The loop runs under the caller's autocast.
 
     Shape:
         forward: (K, 1, C_in, H, W) -> (K, 1, C_out, H', W').
@@ -96,23 +122,28 @@ class StackedGenerators(nn.Module):
         strategy: Strategy = "auto",
         device: torch.device | str = "cpu",
         compile: bool = False,
+        compute_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if len(seeds) < 1:
             raise ValueError("need at least one fit")
-        if strategy not in ("auto", "loop", "vmap"):
-            raise ValueError(f"unknown strategy {strategy!r}; expected 'auto', 'loop' or 'vmap'")
         device = torch.device(device)
         self.spec = spec
         self.output_channels = output_channels
         self.num_fits = len(seeds)
-        if strategy == "auto":
-            strategy = "vmap" if device.type == "cuda" and self.num_fits > 1 else "loop"
-        self.strategy: Literal["loop", "vmap"] = strategy
+        self.strategy: Literal["loop", "vmap"] = resolve_strategy(strategy, device, self.num_fits)
+        self.compute_dtype = compute_dtype
         nets = [initial_net(spec, output_channels, seed) for seed in seeds]
         self._template = [copy.deepcopy(nets[0]).to("meta")]  # a list: not a submodule
         names = [name for name, _ in nets[0].named_parameters()]
         self.names = names
+        convolutions = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)
+        #: parameters the vmap forward casts to ``compute_dtype`` (weights and biases of convolutions)
+        self._cast = {
+            f"{module_name}.{name}" if module_name else name
+            for module_name, module in nets[0].named_modules() if isinstance(module, convolutions)
+            for name, _ in module.named_parameters(recurse=False)
+        }
         stacked = {
             name: torch.stack([dict(net.named_parameters())[name].detach() for net in nets]).to(device)
             for name in names
@@ -123,6 +154,12 @@ class StackedGenerators(nn.Module):
         # milliseconds per call, which small nets notice
         self._shells = [copy.deepcopy(self._template[0]) for _ in range(self.num_fits)] if self.strategy == "loop" else []
         self._owners = [_owner(shell, names) for shell in self._shells]
+        if compute_dtype is not None and self.strategy == "vmap":
+            # as autocast would: each convolution's input in the compute dtype (a BatchNorm with
+            # fp32 affine parameters hands fp32 on)
+            for module in self._template[0].modules():
+                if isinstance(module, convolutions):
+                    module.register_forward_pre_hook(_cast_input(compute_dtype))
         #: torch.compile of the functional forward (one graph per shape, compiled on first use);
         #: on failure the net runs eagerly and the reason is logged once
         self._compiled: Callable | None = None
@@ -170,8 +207,20 @@ class StackedGenerators(nn.Module):
                 outputs.append(shell(z[k]))
             return torch.stack(outputs)
         template = self._template[0]
-        params = {name: self.stacked[_key(name)] for name in self.names}
-        return vmap(lambda p, x: functional_call(template, p, (x,)))(params, z)
+        params = {name: self._vmap_parameter(name) for name in self.names}
+        if self.compute_dtype is None:
+            return vmap(lambda p, x: functional_call(template, p, (x,)))(params, z)
+        # the casts are explicit; a caller's autocast inside vmap fails on the mixed dtypes
+        with torch.autocast(z.device.type, enabled=False):
+            return vmap(lambda p, x: functional_call(template, p, (x,)))(params, z)
+
+    def _vmap_parameter(self, name: str) -> torch.Tensor:
+        """A stacked parameter as the vmap forward uses it (cast for bf16 convolutions; the
+        cast is differentiable, so the fp32 master weights get the gradients)."""
+        tensor = self.stacked[_key(name)]
+        if self.compute_dtype is not None and name in self._cast:
+            return tensor.to(self.compute_dtype)
+        return tensor
 
 
     def _compiled_forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -179,6 +228,15 @@ class StackedGenerators(nn.Module):
         if self.strategy == "loop":
             return torch.stack([self._compiled(self.slot_parameters(k), z[k]) for k in range(self.num_fits)])
         return self._compiled({name: self.stacked[_key(name)] for name in self.names}, z)
+
+
+def _cast_input(dtype: torch.dtype) -> Callable:
+    """A forward pre-hook that casts a module's floating-point inputs to ``dtype``."""
+
+    def hook(_module: nn.Module, inputs: tuple) -> tuple:
+        return tuple(x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
+
+    return hook
 
 
 def _key(name: str) -> str:

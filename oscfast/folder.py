@@ -20,13 +20,13 @@ import io as _stdio
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from oscfast import io
+from oscfast.checks import check_writable_folder
 from oscfast.files import write_text_atomic
 
 __all__ = ["IMAGE_SUFFIXES", "FolderRow", "FolderSummary", "list_images", "restore_folder"]
@@ -42,13 +42,6 @@ SUMMARY_JSON = "summary.json"
 RESTORED = "restored"
 SKIPPED = "skipped-existing"
 FAILED = "failed"
-
-#: options of :func:`oscfast.restore` that :func:`restore_folder` passes on (besides the task's own)
-RUN_OPTIONS = frozenset({"seed", "max_iterations", "preset", "device", "precision", "config", "stop_config"})
-#: options that change the stop configuration (as :func:`oscfast.restore` applies them)
-STOP_OPTIONS = frozenset({"probe", "rule", "pseudo_noise_std", "noise_level"})
-#: task options that make sense for a whole folder (the same for every image)
-FOLDER_TASK_OPTIONS = frozenset({"factor", "keep", "keep_known", "blur_sigma", "kernel", "mask", "mask_threshold"})
 
 #: a local run gives restore_many this many images at a time (times the batch): it prepares
 #: (loads, plans) a whole list before running it, so a long folder is cut into chunks
@@ -66,6 +59,7 @@ class FolderRow:
         status: ``"restored"``, ``"skipped-existing"`` or ``"failed: <reason>"``.
         stop_iteration, rule, probe, iterations_run, seconds: of the restoration (None unless
             restored).
+        noise_level: the measurement noise level the risk rule used (None for other rules).
     """
 
     file: str
@@ -76,6 +70,7 @@ class FolderRow:
     probe: str | None = None
     iterations_run: int | None = None
     seconds: float | None = None
+    noise_level: float | None = None
 
     @property
     def failed(self) -> bool:
@@ -208,7 +203,7 @@ def restore_folder(
     io.check_save_path(out_path / f"image{suffix}")  # a known suffix, and a writable folder
     in_path, out_path = in_path.resolve(), out_path.resolve()
     items = _plan_items(list_images(in_path), out_path, suffix)
-    _check_writable(out_path)
+    check_writable_folder(out_path)
     summary = FolderSummary(in_path, out_path)
     summary.rows = [item.row for item in items]
     pending = [item for item in items if not item.row.failed and item.row.status != SKIPPED]
@@ -216,7 +211,7 @@ def restore_folder(
         logger.warning("no image files (%s) in '%s'", " ".join(IMAGE_SUFFIXES), in_path)
 
     if backend == "ray":
-        runner: Callable[..., None] = cluster.run_ray
+        runner: Callable[..., None] = run_ray
         extra: dict[str, Any] = {"address": ray_address}
     else:
         runner, extra = _run_local, {"batch": batch}
@@ -238,66 +233,32 @@ def restore_folder(
 
 
 def _check_options(task: str, given: dict[str, Any], *, local: bool = True) -> dict[str, Any]:
-    """Check the option names (and those values that do not depend on an image); returns the
-    options as :func:`oscfast.restore_many` takes them (stop options folded into
-    ``stop_config``). The device is checked here when the run is ``local``, on the workers
-    otherwise (a driver without a GPU may send work to GPU workers)."""
-    from oscfast.api import resolve_device
-    from oscfast.config import DIPConfig, StopConfig
+    """Check the options (those that do not depend on an image) as every entry point does
+    (:func:`oscfast.prepare.check_run_options`); returns them as :func:`oscfast.restore_many`
+    and :func:`oscfast.restore` take them. The device is checked here when the run is
+    ``local``, on the workers otherwise (a driver without a GPU may send work to GPU workers)."""
+    from oscfast.many import split_options
+    from oscfast.prepare import check_run_options
     from oscfast.presets import get_preset
-    from oscfast.tasks import TASK_OPTIONS
+    from oscfast.tasks import TASKS, check_task_options, task_class
 
-    if task == "custom" or task not in TASK_OPTIONS:
-        valid = [name for name in TASK_OPTIONS if name != "custom"]
-        raise ValueError(f"unknown task {task!r} for a folder; expected one of {valid}")
+    folder_tasks = [name for name, cls in TASKS.items() if not cls.code_only_options]
+    if task not in folder_tasks:
+        raise ValueError(f"unknown task {task!r} for a folder; expected one of {folder_tasks}")
     if "progress" in given:
         raise ValueError("progress= is restore_folder's own option (a bar over the images)")
-    task_keys = FOLDER_TASK_OPTIONS & TASK_OPTIONS[task]
-    unknown = {key for key, value in given.items() if value is not None} - RUN_OPTIONS - STOP_OPTIONS - task_keys
-    if unknown:
-        raise ValueError(
-            f"option(s) {sorted(unknown)} do not apply to a folder of task {task!r}; valid: "
-            f"{sorted(RUN_OPTIONS | STOP_OPTIONS | task_keys)}"
-        )
-    options = {key: value for key, value in given.items() if value is not None and key not in STOP_OPTIONS}
-    if options.get("config") is not None and not isinstance(options["config"], DIPConfig):
-        raise TypeError(f"config must be a DIPConfig, got {type(options['config']).__name__}")
-    stop = options.get("stop_config") or StopConfig()
-    if not isinstance(stop, StopConfig):
-        raise TypeError(f"stop_config must be a StopConfig, got {type(stop).__name__}")
-    changes = {key: given[key] for key in STOP_OPTIONS if given.get(key) is not None}
-    if changes:
-        options["stop_config"] = replace(stop, **changes)
-    max_iterations = options.get("max_iterations")
-    if max_iterations is not None and (isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1):
-        raise ValueError(f"max_iterations must be a positive integer, got {max_iterations!r}")
-    if options.get("config") is None:
-        get_preset(task, options.get("preset"), factor=options.get("factor"))  # names a bad preset
-    seed = options.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    device = options.get("device", "auto")
-    if not isinstance(device, str):
-        device = str(device)
-    if local:
-        resolve_device(device)
-    elif device != "auto" and device.split(":")[0] not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    options["device"] = device
-    if options.get("precision", "fp32") not in ("fp32", "bf16"):
-        raise ValueError(f"unknown precision {options['precision']!r}; expected 'fp32' or 'bf16'")
+    cls = task_class(task)
+    run, task_options = split_options(given)
+    checked = check_run_options(run, check_device=local)
+    # a file's own metadata (a JPEG's tables) is read per image; the rest may be given
+    check_task_options(task, task_options, allowed=cls.options - cls.file_options - cls.code_only_options)
+    if run.config is None:
+        get_preset(task, run.preset, factor=task_options.get("factor"))  # names a bad preset now
+    options = {key: value for key, value in given.items() if value is not None}
+    options.update(seed=checked.options.seed, device=str(run.device))
+    if checked.options.max_iterations is not None:
+        options["max_iterations"] = checked.options.max_iterations
     return options
-
-
-def _check_writable(out_path: Path) -> None:
-    """Create the output folder and check, by writing a file into it, that it takes files."""
-    try:
-        out_path.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=".oscfast-write-test.", dir=out_path)
-        os.close(handle)
-        os.unlink(name)
-    except OSError as error:
-        raise ValueError(f"output folder '{out_path}' is not writable: {error.strerror or error}") from None
 
 
 def _plan_items(images: Sequence[Path], out_path: Path, suffix: str) -> list[_Item]:
@@ -345,12 +306,16 @@ def _run_local(items: Sequence[_Item], task: str, options: dict[str, Any], *, ba
 def _run_chunk(items: Sequence[_Item], task: str, options: dict[str, Any], bar: Any, batch: int | None) -> None:
     from oscfast.many import restore_many
 
+    # an unreadable file fails alone, at once; the others go on as paths, not arrays, so that
+    # preparation reads each file (and its metadata, a JPEG's tables) as restore() does
     loaded: list[tuple[_Item, Any]] = []
     for item in items:
         try:
-            loaded.append((item, io.load_image(item.source)))
+            io.load_image(item.source)
         except (ValueError, TypeError, OSError) as error:
             _fail(item, f"unreadable: {error}", bar)
+        else:
+            loaded.append((item, item.source))
 
     def run(group: list[tuple[_Item, Any]]) -> None:
         def on_group_result(index: int, result: Any) -> None:
@@ -403,6 +368,7 @@ def fill_row(row: FolderRow, result: Any) -> FolderRow:
     row.probe = str(result.probe)
     row.iterations_run = int(result.iterations_run)
     row.seconds = round(float(result.seconds), 3)
+    row.noise_level = None if result.noise_level is None else float(result.noise_level)
     return row
 
 
@@ -439,3 +405,82 @@ def _summary_json(summary: FolderSummary) -> str:
     head = json.dumps(data)[:-1]
     lines = ",\n  ".join(json.dumps(row) for row in rows)
     return f'{head}, "rows": [\n  {lines}\n]}}\n' if rows else f'{head}, "rows": []}}\n'
+
+
+# ------------------------------------------------------------------------------------------
+# Ray backend (the session helpers are oscfast.cluster's)
+# ------------------------------------------------------------------------------------------
+
+#: test hook: a folder; a task whose input NAME has a file NAME.crash there kills its own worker
+#: (os._exit) the first time it handles that image, and every task appends its input's name to
+#: calls.log there
+CRASH_ENV = "OSCFAST_TEST_CRASH_DIR"
+
+
+def restore_file(source: str, target: str, task: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Restore the image file ``source`` into ``target`` (atomically) and return its summary
+    row as a dict (the body of the Ray task; usable without Ray too)."""
+    _test_hook(source)
+    from oscfast.api import restore
+
+    row = FolderRow(Path(source).name, Path(target).name, "")
+    try:  # the image's own faults are reported at once, not retried
+        io.load_image(source)
+    except (ValueError, TypeError, OSError) as error:
+        row.status = f"{FAILED}: unreadable: {' '.join(str(error).split())}"
+        return asdict(row)
+    try:
+        result = restore(source, task, **{**options, "progress": False})  # a path: the file's metadata is read
+    except (ValueError, TypeError) as error:
+        row.status = f"{FAILED}: {' '.join(str(error).split())}"
+        return asdict(row)
+    result.save(target)  # an OSError here is raised, so that Ray tries again
+    return asdict(fill_row(row, result))
+
+
+def run_ray(items: Sequence[_Item], task: str, options: dict[str, Any], *, bar: Any, address: str | None = None,
+            num_cpus: int | None = None) -> None:
+    """Restore ``items`` as Ray tasks, filling in their rows as the tasks finish.
+
+    ``address``: None or ``"local"`` starts a local Ray with ``num_cpus`` CPUs and shuts it down
+    at the end; another address connects to that cluster (and disconnects at the end). A Ray
+    already initialised in this process is used as it is and left running.
+    """
+    from oscfast import cluster
+
+    refs: dict[Any, _Item] = {}
+    num_cpus = cluster.LOCAL_NUM_CPUS if num_cpus is None else num_cpus
+    with cluster.ray_session(address, num_cpus, refs) as ray:
+        use_gpu = cluster.wants_cuda(options.get("device", "auto"))
+        worker_options = dict(options, device="cuda" if use_gpu else "cpu")
+        remote = ray.remote(num_gpus=1 if use_gpu else 0, max_retries=cluster.MAX_RETRIES, retry_exceptions=True)(restore_file)
+        refs.update({remote.remote(str(item.source), str(item.target), task, worker_options): item for item in items})
+        for item, row, error in cluster.completed(ray, refs):
+            if error is not None:  # retries spent: reported in the summary
+                _fail(item, cluster.ray_reason(error), bar)
+            else:
+                _take_row(item, row, bar)
+
+
+def _take_row(item: _Item, row: dict[str, Any], bar: Any) -> None:
+    if str(row["status"]).startswith(FAILED):
+        _fail(item, str(row["status"]).removeprefix(f"{FAILED}: "), bar)
+        return
+    for key, value in row.items():
+        setattr(item.row, key, value)
+    bar.update(1)
+
+
+def _test_hook(source: str) -> None:
+    folder = os.environ.get(CRASH_ENV)
+    if not folder:
+        return
+    name = Path(source).name
+    with open(Path(folder) / "calls.log", "a", encoding="utf-8") as log:
+        log.write(f"{name}\n")
+    if (Path(folder) / f"{name}.crash").exists():
+        try:
+            os.close(os.open(Path(folder) / f"{name}.crashed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return  # crashed once already
+        os._exit(1)

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 from PIL import Image
 
+from oscfast.checks import check_host_allocation, check_real, check_writable_file
+
 if TYPE_CHECKING:
     import torch
 
@@ -288,13 +290,7 @@ def check_save_path(path: str | os.PathLike[str], *, bit_depth: int = 8) -> Path
             f"cannot save '{path}' with bit_depth={bit_depth}: {suffix} stores 8 bits per sample; "
             "use .png or .tif for 16-bit output"
         )
-    if path.is_dir():
-        raise ValueError(f"cannot save '{path}': it is a folder")
-    folder = path.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot save '{path}': the folder '{folder}' is not writable")
+    check_writable_file(path, what="image")
     return path
 
 
@@ -575,30 +571,10 @@ def _check_not_empty(shape: tuple[int, ...], name: str) -> None:
         raise ValueError(f"{name} is empty: shape {shape}")
 
 
-# Below this many bytes an array is converted without asking the system for its free memory.
-_MEMORY_CHECK_BYTES = 1 << 28
-
-
 def _check_fits_in_memory(shape: tuple[int, ...], name: str, *, bytes_per_element: int = 8) -> None:
-    """Raise :class:`oscfast.TooLargeError` before converting an array of ``shape`` that would
-    not fit in the free memory (an array can declare a huge shape over little real memory,
-    e.g. ``np.broadcast_to``)."""
-    elements = 1
-    for side in shape:
-        elements *= int(side)
-    needed = elements * bytes_per_element
-    if needed <= _MEMORY_CHECK_BYTES:
-        return
-    import torch
-
-    from oscfast.memory import TooLargeError, available_bytes
-
-    free = available_bytes(torch.device("cpu"))
-    if needed > 0.9 * free:
-        raise TooLargeError(
-            f"{name} of shape {tuple(shape)} is too large for memory: converting it needs about "
-            f"{needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB are free; use a smaller image"
-        )
+    """Refuse, before converting it, an array of ``shape`` that would not fit in memory."""
+    check_host_allocation(math.prod(int(side) for side in shape) * bytes_per_element,
+                          f"{name} of shape {tuple(shape)}")
 
 
 def _to_float_image(array: np.ndarray, name: str, *, drop_alpha: bool = True) -> np.ndarray:
@@ -699,14 +675,3 @@ def _write_png16_rgb(path: Path, data: np.ndarray) -> None:
     )
 
 
-def check_real(value: object, name: str, expected: str) -> float:
-    """``value`` as a finite float; TypeError for a non-number, ValueError for NaN/inf."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number ({expected}), got {type(value).__name__} {value!r}")
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be a finite number ({expected}), got {value!r}")
-    return number

@@ -12,21 +12,20 @@ bit-identical to a single :func:`oscfast.restore` with the same seed; on a GPU t
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from oscfast import io
-from oscfast.api import MIN_SIDE, Restoration, check_net_fits, resolve_device, to_restoration
-from oscfast.config import DIPConfig, StopConfig
-from oscfast.engine import BatchRun, EngineOptions, Group
+from oscfast.checks import check_integer
+from oscfast.config import StopConfig
+from oscfast.engine import BatchRun, EngineOptions, Group, ring_size_for
 from oscfast.memory import available_bytes, estimate_run_bytes
-from oscfast.plan import RunPlan, plan_restoration
-from oscfast.presets import PRESETS, get_preset
-from oscfast.tasks import Task, build_task
+from oscfast.prepare import RUN_OPTION_NAMES, CheckedOptions, Prepared, RunOptions, check_run_options, prepare
+from oscfast.result import Restoration
 
 __all__ = ["Job", "auto_batch", "restore_many"]
 
@@ -36,24 +35,26 @@ logger = logging.getLogger(__name__)
 MAX_AUTO_BATCH = 8
 
 
-@dataclass
-class Job:
-    """One image of a :func:`restore_many` call, prepared."""
-
-    index: int
-    task_name: str
-    task: Task
-    config: DIPConfig
-    plan: RunPlan
+#: one image of a :func:`restore_many` call, prepared (:func:`oscfast.prepare.prepare`)
+Job = Prepared
 
 
-def auto_batch(job: Job, device: torch.device, *, limit: int = MAX_AUTO_BATCH, share: float = 0.5) -> int:
+def auto_batch(job: Job, device: torch.device, *, limit: int = MAX_AUTO_BATCH, share: float = 0.5,
+               sync_every: int = StopConfig.sync_every) -> int:
     """How many restorations like ``job`` fit side by side in ``share`` of the free memory
     (at most ``limit``; 1 on a CPU, where batching does not make a step cheaper per image)."""
     if device.type != "cuda":
         return 1
-    one = estimate_run_bytes(job.task.output_shape, job.config, ring_size=job.plan.watch.rule.lag + 26, num_fits=len(job.plan.fits))
+    one = estimate_run_bytes(job.task.output_shape, job.config, ring_size=ring_size_for(job.plan.watch.rule.lag, sync_every),
+                             num_fits=len(job.plan.fits), cuda_graph=True)
     return max(1, min(limit, int(share * available_bytes(device) // max(one, 1))))
+
+
+def split_options(options: dict[str, Any]) -> tuple[RunOptions, dict[str, Any]]:
+    """Split keyword options into the run options (:class:`oscfast.prepare.RunOptions`, which
+    every entry point takes) and the task's own options (checked later, per task)."""
+    run = RunOptions(**{key: value for key, value in options.items() if key in RUN_OPTION_NAMES})
+    return run, {key: value for key, value in options.items() if key not in RUN_OPTION_NAMES}
 
 
 def restore_many(
@@ -61,37 +62,35 @@ def restore_many(
     task: str = "denoise",
     *,
     batch: int | None = None,
-    seed: int = 0,
-    max_iterations: int | None = None,
-    preset: str | None = None,
-    device: str | torch.device = "auto",
-    precision: str = "fp32",
-    progress: bool = True,
-    config: DIPConfig | None = None,
-    stop_config: StopConfig | None = None,
+    references: Sequence[Any] | None = None,
     on_result: Callable[[int, Restoration], None] | None = None,
+    cancel: Callable[[], bool] | threading.Event | None = None,
     strategy: str = "auto",
     backend: str = "local",
     ray_address: str | None = None,
-    **task_options: Any,
+    **options: Any,
 ) -> list[Restoration]:
     """Restore many images, ``batch`` at a time in one batched step.
 
     Args:
-        images: paths, arrays, PIL images or tensors (as :func:`oscfast.restore` takes).
+        images: paths, arrays, PIL images or tensors (as :func:`oscfast.restore` takes; a path
+            stays a path, so a JPEG file's quantisation tables are read as ``restore`` reads them).
         task: the task name (one for all images).
         batch: restorations per step (None: :func:`auto_batch` from free memory).
-        seed: every image gets this seed, so each result equals ``restore(image, seed=seed)``.
-        max_iterations, preset, device, precision, progress, config, stop_config: as
-            :func:`oscfast.restore`.
+        references: clean images, one per image, for ``result.psnr`` (the per-iteration PSNR
+            curves are recorded by :func:`oscfast.restore` only), or None.
         on_result: called as each restoration finishes, with its index and result.
+        cancel: as :func:`oscfast.restore`: every restoration ends at the next sync.
         strategy: how the fits share a step (:class:`oscfast.fits.StackedGenerators`).
         backend: ``"local"`` (batched steps in this process) or ``"ray"`` (one Ray task per
             image running :func:`oscfast.restore`, each on its worker's CPU or a GPU; needs
             ``pip install 'oscfast[ray]'``; ``batch`` and ``strategy`` do not apply).
         ray_address: ``None``/``"local"`` (start a local Ray, shut it down after) or a cluster
             address; a Ray already initialised in this process is used as it is.
-        task_options: the task's options (``factor=``, ``mask=``, ...), the same for all.
+        options: every run option of :func:`oscfast.restore` (:class:`oscfast.prepare.RunOptions`:
+            ``seed``, ``stop``, ``probe``, ``rule``, ``output``, ...; every image gets the same,
+            so each result equals ``restore(image, **options)``) and the task's options
+            (``factor=``, ``mask=``, ...), the same for all.
 
     Returns:
         The results in input order.
@@ -101,66 +100,95 @@ def restore_many(
     """
     if backend not in ("local", "ray"):
         raise ValueError(f"unknown backend {backend!r}; expected 'local' or 'ray'")
+    if batch is not None:
+        batch = check_integer(batch, "batch", minimum=1)
+    images = list(images)
+    if references is not None and len(references) != len(images):
+        raise ValueError(f"references has {len(references)} images, images has {len(images)}")
+    run, task_options = split_options(options)
+    checked = check_run_options(run, check_device=backend == "local")
     if backend == "ray":
-        from oscfast.cluster import restore_images_ray
-
-        options = {"seed": seed, "max_iterations": max_iterations, "preset": preset, "device": str(device),
-                   "precision": precision, "config": config, "stop_config": stop_config, **task_options}
-        return restore_images_ray(list(images), task, options, address=ray_address, on_result=on_result)
-    resolved = resolve_device(device)
-    if batch is not None and (isinstance(batch, bool) or int(batch) != batch or batch < 1):
-        raise ValueError(f"batch must be a positive integer, got {batch}")
-    stop = stop_config or StopConfig()
+        return _restore_ray(images, task, options, references, ray_address, on_result)
     jobs: list[Job] = []
     for index, image in enumerate(images):
+        reference = None if references is None else references[index]
         try:
-            jobs.append(_prepare(index, image, task, seed, preset, config, max_iterations, stop, task_options))
+            jobs.append(prepare(image, task, checked, task_options, reference=reference, name=f"image {index}"))
         except (ValueError, TypeError, FileNotFoundError) as error:
             raise type(error)(f"image {index}: {error}") from None
     results: dict[int, Restoration] = {}
-    by_shape: dict[tuple, list[Job]] = {}
-    for job in jobs:
+    by_shape: dict[tuple, list[tuple[int, Job]]] = {}
+    for index, job in enumerate(jobs):
         key = (job.task.output_shape, type(job.task), job.config, len(job.plan.fits), job.plan.rule, job.plan.probe)
-        by_shape.setdefault(key, []).append(job)
-    options = EngineOptions(device=resolved, precision=precision, progress=progress, sync_every=stop.sync_every,
-                            strategy=strategy)
+        by_shape.setdefault(key, []).append((index, job))
+    engine = replace(jobs[0].engine, strategy=strategy) if jobs else None
     for group_jobs in by_shape.values():
-        size = batch or auto_batch(group_jobs[0], resolved)
-        _run_queue(group_jobs, min(size, len(group_jobs)), options, resolved, stop, results, on_result)
-    return [results[job.index] for job in jobs]
+        size = batch or auto_batch(group_jobs[0][1], checked.device, sync_every=checked.stop.sync_every)
+        _run_queue(group_jobs, min(size, len(group_jobs)), engine, checked, results, on_result, cancel)
+    return [results[index] for index in range(len(jobs))]
 
 
-def _prepare(index: int, image: Any, task: str, seed: int, preset: str | None, config: DIPConfig | None,
-             max_iterations: int | None, stop: StopConfig, task_options: dict[str, Any]) -> Job:
-    observation = io.load_image(image, name=f"image {index}")
-    task_object = build_task(task, observation, seed=seed, **task_options)
-    if task not in ("super_resolution", "custom"):
-        io.check_min_size(observation, MIN_SIDE, name="image")
-    dip = config or get_preset(task if task in PRESETS else "custom", preset, factor=getattr(task_object, "factor", None))
-    if max_iterations is not None:
-        dip = replace(dip, max_iterations=int(max_iterations))
-    _, height, width = task_object.output_shape
-    check_net_fits(dip, height, width)
-    return Job(index, task, task_object, dip, plan_restoration(task_object, dip, stop, seed=seed))
+def _restore_ray(images: list[Any], task: str, options: dict[str, Any], references: Sequence[Any] | None,
+                 address: str | None, on_result: Callable[[int, Restoration], None] | None) -> list[Restoration]:
+    """One Ray task per image running :func:`oscfast.restore` with ``options``; the results in
+    input order. A task whose worker dies is run again; a bad image raises its
+    ``ValueError``/``TypeError`` naming its index, after the other tasks are cancelled.
+
+    Raises:
+        ImportError: Ray is not installed.
+        RuntimeError: a task failed for good (its retries spent).
+    """
+    from oscfast import cluster
+
+    refs: dict[Any, int] = {}
+    with cluster.ray_session(address, cluster.LOCAL_NUM_CPUS, refs) as ray:
+        use_gpu = cluster.wants_cuda(str(options.get("device", "auto")))
+        worker_options = dict(options, device="cuda" if use_gpu else "cpu")
+        remote = ray.remote(num_gpus=1 if use_gpu else 0, max_retries=cluster.MAX_RETRIES, retry_exceptions=True)(_restore_one)
+        refs.update({remote.remote(index, image, None if references is None else references[index], task, worker_options): index
+                     for index, image in enumerate(images)})
+        results: dict[int, Restoration] = {}
+        for index, value, error in cluster.completed(ray, refs):
+            if error is not None:  # retries spent
+                raise RuntimeError(f"image {index}: {cluster.ray_reason(error)}")
+            if isinstance(value, tuple):  # the image's own fault
+                _, kind, message = value
+                error_type = {"ValueError": ValueError, "TypeError": TypeError}.get(kind, FileNotFoundError)
+                raise error_type(f"image {index}: {message}")
+            results[index] = value
+            if on_result is not None:
+                on_result(index, value)
+        return [results[index] for index in range(len(images))]
 
 
-def _run_queue(jobs: Sequence[Job], size: int, options: EngineOptions, device: torch.device, stop: StopConfig,
-               results: dict[int, Restoration], on_result: Callable[[int, Restoration], None] | None) -> None:
+def _restore_one(index: int, image: Any, reference: Any, task: str, options: dict[str, Any]) -> Any:
+    """The body of one ``restore_many(..., backend="ray")`` task: the Restoration, or the
+    image's own fault (a ValueError/TypeError) as ``(index, type name, message)``, not retried."""
+    from oscfast.api import restore
+
+    try:
+        return restore(image, task, reference=reference, **{**options, "progress": False})
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        return (index, type(error).__name__, str(error))
+
+
+def _run_queue(jobs: Sequence[tuple[int, Job]], size: int, options: EngineOptions, checked: CheckedOptions,
+               results: dict[int, Restoration], on_result: Callable[[int, Restoration], None] | None,
+               cancel: Callable[[], bool] | threading.Event | None) -> None:
     queue = deque(jobs)
     first = [queue.popleft() for _ in range(size)]
-    config = first[0].config
-    run = BatchRun([(job.plan.fits, [job.plan.watch], 0, job) for job in first], config, options=options)
+    config = first[0][1].config
+    run = BatchRun([(job.plan.fits, [job.plan.watch], 0, (index, job)) for index, job in first], config, options=options)
 
-    def finished(index: int, group: Group) -> None:
-        job: Job = group.tag
-        record = run.record(index)
-        result = to_restoration(record, job.plan, job.task, job.task_name, "auto", None, job.config, stop, device)
+    def finished(slot: int, group: Group) -> None:
+        index, job = group.tag
+        result = job.finish(run.record(slot))
         result.engine_options = options
-        results[job.index] = result
+        results[index] = result
         if on_result is not None:
-            on_result(job.index, result)
+            on_result(index, result)
         if queue:
             following = queue.popleft()
-            run.replace_group(index, following.plan.fits, [following.plan.watch], 0, following)
+            run.replace_group(slot, following[1].plan.fits, [following[1].plan.watch], 0, following)
 
-    run.run(on_group_done=finished)
+    run.run(stop_mode=checked.options.stop, cancel=cancel, on_group_done=finished)

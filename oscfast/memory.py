@@ -15,7 +15,8 @@ _FLOAT = 4
 #: what a forward + backward pass holds per element of the forward's layer outputs: autograd
 #: saves 1.2-1.5x of them and the peak during backward adds workspace and gradients
 #: (bench/memory_check.py on CPU at 64-256 px: the estimate is within 25% of the measured
-#: peak with 1.75; 3.0, the factor before, overestimated 256 px twice over)
+#: peak with 1.75; 3.0, the factor before, overestimated 256 px twice over; re-measured with
+#: the rings kept for the driving fit only, bench/results/memory-cpu2.md)
 _ACTIVATION_FACTOR = 1.75
 
 
@@ -51,25 +52,56 @@ def estimate_run_bytes(
     num_fits: int = 1,
     window: int = 0,
     change_lag: int = 0,
+    ring_fits: int = 1,
+    cuda_graph: bool = False,
+    resume_points: int = 0,
 ) -> int:
-    """Bytes a run of ``num_fits`` fits needs: per fit the activations (forward + backward),
-    parameters with their gradient and two Adam moments, the ring buffers of recent raw and
-    averaged outputs, the ES-WMV window (``window`` outputs plus float64 sums), the plateau
-    ring (``change_lag`` outputs) and the input."""
+    """Bytes a run of ``num_fits`` fits needs.
+
+    Per fit: the activations (forward + backward), parameters with their gradient and two
+    Adam moments, the average, the newest output and the step's images, the ES-WMV window
+    (``window`` outputs plus float64 sums), the plateau ring (``change_lag`` outputs), the
+    input and the trace. Per fit that keeps a ring (``ring_fits``: each restoration's
+    driving fit): ``ring_size`` raw and averaged outputs. With ``cuda_graph``, what the
+    capture's warm-up saves to undo itself (:class:`oscfast.engine._WarmupUndo`): the weights
+    and Adam state, the image-sized state, and a few ring rows. ``resume_points`` host copies
+    of one fit's weights, Adam moments and average (count them where the host is the device).
+
+    Args:
+        output_shape: (C, H, W) of the image.
+        config: the network and iteration cap.
+        ring_size: outputs per ring.
+        num_fits: fits stepped together.
+        window, change_lag: ES-WMV window and plateau lag (0: not computed).
+        ring_fits: fits that keep rings.
+        cuda_graph: the step is captured in a CUDA graph.
+        resume_points: resume points kept (in all).
+
+    Returns:
+        Bytes.
+    """
     channels, height, width = output_shape
     multiple = config.net.stride_multiple
     canvas_h = math.ceil(height / multiple) * multiple
     canvas_w = math.ceil(width / multiple) * multiple
     activations, parameters = _activation_elements(config, channels, canvas_h, canvas_w)
     image = channels * height * width
+    # the step's images (targets, noise, z, eps, ...), the average, the newest output; ES-WMV's float64 sums
+    state_images = 9 + (4 if window else 0)
     per_fit = (
         _ACTIVATION_FACTOR * activations
         + 4 * parameters
-        + (2 * ring_size + 8 + window + (4 if window else 0) + change_lag) * image
+        + (state_images + window + change_lag) * image
         + 3 * config.net.input_channels * canvas_h * canvas_w
         + 12 * config.max_iterations
     )
-    return int(num_fits * per_fit * _FLOAT)
+    rings = ring_fits * 2 * ring_size * image
+    capture = 0
+    if cuda_graph:
+        # weights + 2 moments, the average, the newest output, ES sums; rows of the rings
+        capture = num_fits * (3 * parameters + state_images * image) + 4 * (2 * ring_fits + 2 * num_fits) * image
+    points = resume_points * (3 * parameters + image)
+    return int((num_fits * per_fit + rings + capture + points) * _FLOAT)
 
 
 def available_bytes(device: torch.device) -> int:

@@ -102,8 +102,11 @@ def luma(image: torch.Tensor) -> torch.Tensor:
     """
     if image.shape[-3] == 1:
         return image
-    weights = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype, device=image.device).view(3, 1, 1)
-    return (16.0 + 219.0 * (image * weights).sum(dim=-3, keepdim=True)) / 255.0
+    # Python scalars, not a weight tensor: a tensor made here would be a host-to-device copy,
+    # which a CUDA graph capture of the step (where PSNR-Y is recorded) cannot hold
+    red, green, blue = image[..., 0:1, :, :], image[..., 1:2, :, :], image[..., 2:3, :, :]
+    weighted = red * 0.299 + green * 0.587 + blue * 0.114
+    return (weighted * 219.0 + 16.0) / 255.0
 
 
 def psnr_y_torch(reference: torch.Tensor, image: torch.Tensor, *, shave: tuple[int, int] = (4, 5)) -> torch.Tensor:

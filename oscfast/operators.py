@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from oscfast.checks import check_integer
+
 __all__ = [
     "BlurOperator",
     "IdentityOperator",
@@ -37,9 +39,7 @@ __all__ = [
 # Kernels (numpy, float64)
 # --------------------------------------------------------------------------------------------
 def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return check_integer(value, name, minimum=1)
 
 
 def lanczos2_taps_1d(factor: int, support: int = 2) -> np.ndarray:

@@ -8,49 +8,32 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from oscfast.config import DIPConfig, ProbeName, RuleName, StopConfig
 from oscfast.engine import FitSpec, Watch
 from oscfast.probe import RiskConstants, probed_fraction, risk_constants
 from oscfast.stopping import CapRule, EMVRule, KneeRule, OutputKind, PaperRule, PlateauRule, RiskRule, StopRule, WMVRule
-from oscfast.tasks import Task
+from oscfast.tasks import TASKS, CustomOperator, StopDefault, Task
 
-__all__ = ["DEFAULT_STOP", "RunPlan", "StopDefault", "default_stop", "make_rule", "plan_restoration"]
+__all__ = ["RunPlan", "StopDefault", "default_stop", "default_stops", "make_rule", "plan_restoration"]
 
 logger = logging.getLogger(__name__)
-
-class StopDefault(NamedTuple):
-    """What a task gets when the caller names neither probe nor rule."""
-
-    probe: ProbeName
-    rule: RuleName
-    output: OutputKind  # the output the default rule returns
-
-
-#: task name -> default probe, rule and output, chosen on the selection half of the recorded
-#: runs (bench/rules_study.py, bench/results/rules.md). Noisy observations: the twin probe's
-#: risk estimate (it knows the noise level). Exact observations (masks, downsampling): the
-#: knee of the twin probe's P, returning the averaged output (its knee lags the raw peak by
-#: about L iterations, where the EMA is at its best). Super-resolution had no recorded run when
-#: this was chosen: it follows the other exact-observation family.
-DEFAULT_STOP: dict[str, StopDefault] = {
-    "denoise": StopDefault("twin", "risk", "ema"),
-    "jpeg": StopDefault("twin", "risk", "ema"),
-    "deblur": StopDefault("twin", "risk", "raw"),
-    "custom": StopDefault("twin", "risk", "raw"),
-    "super_resolution": StopDefault("twin", "knee", "ema"),
-    "inpaint": StopDefault("twin", "knee", "ema"),
-    "restore_pixels": StopDefault("twin", "knee", "ema"),
-}
 
 #: rules that read the probe's P
 _NEEDS_PROBE = {"risk", "knee", "paper"}
 
 
 def default_stop(task_name: str) -> StopDefault:
-    """The probe, rule and output a task gets when the caller names neither."""
-    return DEFAULT_STOP.get(task_name, DEFAULT_STOP["custom"])
+    """The probe, rule and output a task gets when the caller names neither (its class's
+    :attr:`oscfast.tasks.Task.default_stop`; unregistered tasks get the custom task's)."""
+    cls = TASKS.get(task_name, CustomOperator)
+    return cls.default_stop
+
+
+def default_stops() -> dict[str, StopDefault]:
+    """Every registered task's default stop, by task name."""
+    return {name: cls.default_stop for name, cls in TASKS.items()}
 
 
 @dataclass(frozen=True)
@@ -88,18 +71,20 @@ def make_rule(
         ValueError: unknown rule, or the risk rule without its constants.
     """
     common: dict[str, Any] = {"max_iterations": max_iterations}
+    waits: dict[str, Any] = {"wait": stop.wait, "rise_significance": stop.rise_significance, "min_wait": stop.min_wait,
+                             "jitter_window": stop.jitter_window}
     if name == "risk":
         if risk is None:
             raise ValueError("rule 'risk' needs the risk constants (a probe and a noise level)")
         return RiskRule(
             risk.weight, risk.offset, smoothing=stop.risk_smoothing, patience_ratio=stop.patience_ratio,
-            min_patience=stop.min_patience, error_scale=1.0 / risk.rho if risk.unbiased else None, **common,
+            min_patience=stop.min_patience, error_scale=1.0 / risk.rho if risk.unbiased else None, **waits, **common,
         )
     if name == "knee":
         return KneeRule(
             half_window=stop.half_window, smoothing=stop.smoothing, patience=stop.patience,
             significance=stop.significance, min_curvature=stop.min_curvature, min_rise=stop.min_rise, output=output,
-            **common,
+            **waits, **common,
         )
     if name == "paper":
         return PaperRule(half_window=stop.half_window, output=output, **common)

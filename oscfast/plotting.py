@@ -2,14 +2,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from oscfast.api import Restoration
 
-__all__ = ["plot_history", "history_panels"]
+class Restoration(Protocol):
+    """What the plots read of an :class:`oscfast.result.Restoration` (a protocol, so that this
+    module stays below the result types and imports nothing of the package)."""
+
+    history: Any
+    rule: str
+    probe: str
+    stop_iteration: int
+    rule_stop_iteration: int | None
+    output: str
+
+__all__ = ["history_panels", "plot_history", "pyplot", "save_figure"]
 
 
 def history_panels(result: Restoration) -> list[tuple[str, dict[str, np.ndarray]]]:
@@ -41,11 +50,7 @@ def plot_history(result: Restoration, path: str | Path) -> Path:
     The returned iteration is marked with a solid line, the iteration at which the rule fired
     with a dotted one.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = history_panels(result)
     figure, axes = plt.subplots(len(panels), 1, figsize=(7, 2.2 * len(panels)), sharex=True, squeeze=False)
     for axis, (title, curves) in zip(axes[:, 0], panels):
@@ -60,9 +65,25 @@ def plot_history(result: Restoration, path: str | Path) -> Path:
             axis.set_yscale("log")
         axis.legend(fontsize=7, loc="best")
     axes[-1, 0].set_xlabel("iteration")
+    return save_figure(figure, path, dpi=110)
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the headless Agg backend (unless the caller chose another)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure: Any, path: str | Path, *, dpi: int = 100) -> Path:
+    """Lay out ``figure``, write it to ``path`` (folders created) and close it."""
+    plt = pyplot()
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=dpi)
     plt.close(figure)
     return path

@@ -13,7 +13,7 @@ from oscfast.models import (
     RESTORE_KATE_SPEC,
 )
 
-__all__ = ["PRESETS", "DEFAULT_PRESET", "get_preset", "preset_names"]
+__all__ = ["PRESETS", "default_preset", "get_preset", "preset_names"]
 
 _F16 = DIPConfig(net=DENOISE_SPEC, learning_rate=0.01, reg_noise_std=1 / 30, max_iterations=3000)
 
@@ -42,18 +42,6 @@ PRESETS: dict[str, dict[str, DIPConfig]] = {
     "custom": {"f16": _F16},
 }
 
-#: the preset used when none is named
-DEFAULT_PRESET: dict[str, str] = {
-    "denoise": "f16",
-    "jpeg": "snail",
-    "super_resolution": "x4",
-    "inpaint": "kate",
-    "restore_pixels": "barbara",
-    "deblur": "f16",
-    "custom": "f16",
-}
-
-
 def preset_names(task: str) -> list[str]:
     """Names of the presets of ``task``."""
     return sorted(PRESETS[task])
@@ -70,7 +58,15 @@ def get_preset(task: str, name: str | None = None, *, factor: int | None = None)
     if task not in PRESETS:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(PRESETS)}")
     if name is None:
-        name = "x8" if task == "super_resolution" and factor and factor >= 8 else DEFAULT_PRESET[task]
+        name = default_preset(task, factor=factor)
     if name not in PRESETS[task]:
         raise ValueError(f"unknown preset {name!r} for task {task!r}; expected one of {preset_names(task)}")
     return PRESETS[task][name]
+
+
+def default_preset(task: str, *, factor: int | None = None) -> str:
+    """The preset a task uses when none is named (its class's, :attr:`oscfast.tasks.Task.default_preset`;
+    for super-resolution x8 from factor 8 on, else x4)."""
+    from oscfast.tasks import task_class
+
+    return task_class(task).preset_for({"factor": factor})

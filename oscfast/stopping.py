@@ -22,6 +22,7 @@ change of the averaged output over the last ``change_lag`` iterations).
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -48,13 +49,21 @@ __all__ = [
     "StopDecision",
     "StopRule",
     "WMVRule",
+    "Wait",
     "curvature_standard_error",
     "gaussian_pseudo_noise",
     "masked_uniform_pseudo_noise",
     "projection",
+    "mean_standard_error",
 ]
 
+logger = logging.getLogger(__name__)
+
 OutputKind = Literal["raw", "ema"]
+#: when a rule stops after its choice: after a fixed share of the run (``"fixed"``, the waits
+#: before issue 18) or once the evidence that the choice is final is in (``"evidence"``)
+Wait = Literal["fixed", "evidence"]
+WAITS: tuple[str, ...] = ("fixed", "evidence")
 
 #: the names accepted by ``restore(..., rule=...)``
 RULES: tuple[str, ...] = ("risk", "knee", "paper", "es-wmv", "es-emv", "plateau", "cap")
@@ -280,6 +289,57 @@ def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
     return out
 
 
+def mean_standard_error(values: np.ndarray, block: int) -> float:
+    """Standard error of the mean of ``block`` consecutive values of a noisy signal, by batch means.
+
+    Removes the local trend (a least-squares parabola over ``values``: a minimum or a knee is
+    trend, not noise), cuts the residuals into blocks of ``block`` values from the newest end
+    and returns sqrt(sum(block means^2) / (blocks - 3)) (3: the parabola's parameters). Unlike
+    a scale of first differences this counts the correlation of DIP's jitter within a block
+    (the reg-noise moves consecutive iterates together); correlation longer than a block is
+    still missed. Two trailing means of ``block`` values far enough apart differ by noise
+    alone with a standard deviation of about ``sqrt(2)`` times this (docs/twin-probe.md,
+    "Waits").
+
+    Args:
+        values: the trailing window of the raw signal, oldest first (NaNs are dropped).
+        block: the length of the means compared (the rule's smoothing window), >= 1.
+
+    Returns:
+        The standard error (>= 0), or NaN with fewer than 6 blocks.
+
+    Example:
+        >>> import numpy as np
+        >>> noise = np.random.default_rng(0).normal(0.0, 1.0, 4000)
+        >>> t = np.arange(4000.0)
+        >>> round(mean_standard_error(1e-5 * (t - 900) ** 2 + noise, 25) * 5, 1)  # 1 / sqrt(25)
+        1.0
+    """
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    blocks = values.size // block
+    if blocks < 6:
+        return math.nan
+    x = np.linspace(-1.0, 1.0, values.size)
+    design = np.stack([np.ones_like(x), x, x * x], axis=1)
+    coefficients, *_ = np.linalg.lstsq(design, values, rcond=None)
+    residuals = (values - design @ coefficients)[values.size - blocks * block :]
+    means = residuals.reshape(blocks, block).mean(axis=1)
+    return math.sqrt(float(np.sum(means * means)) / (blocks - 3))
+
+
+def _check_wait(wait: str, significance: float, min_wait: int, jitter_window: int, smoothing: int) -> None:
+    if wait not in WAITS:
+        raise ValueError(f"unknown wait {wait!r}; expected one of {list(WAITS)}")
+    if not significance >= 0 or min_wait < 0:
+        raise ValueError(f"need rise_significance >= 0 and min_wait >= 0; got {significance}, {min_wait}")
+    if jitter_window < 6:
+        raise ValueError(f"jitter_window must be >= 6, got {jitter_window}")
+    if wait == "evidence" and jitter_window < 6 * smoothing:
+        logger.warning("jitter_window %d holds fewer than 6 smoothing windows (%d): the evidence wait cannot "
+                       "estimate its error and the fixed wait decides", jitter_window, 6 * smoothing)
+
+
 # ------------------------------------------------------------------------------------------
 # risk: online minimum of a SURE estimate (method.md sections 5 and 8)
 # ------------------------------------------------------------------------------------------
@@ -290,17 +350,28 @@ class RiskRule(RuleBase):
     section 8): it falls while the net fits the image and rises once it fits the noise. The
     raw and the averaged output are scored each with its own loss and P, and the lower risk
     wins. The rule keeps the running minimum of the trailing mean (``smoothing`` iterations)
-    of each risk, attributes it to the window's centre, and stops once that minimum is older
-    than max(min_patience, patience_ratio * t*): the wait scales with the run's own time.
+    of each risk and attributes it to the window's centre; that minimum is its choice t*.
+    When it stops (the choice is the same either way, the wait only decides how long it is
+    watched):
+
+    - ``wait="fixed"``: once the minimum is older than max(min_patience, patience_ratio * t*);
+    - ``wait="evidence"``: at the fixed wait at the latest, and earlier once every scored
+      output's smoothed risk has risen above its own running minimum by
+      ``rise_significance`` standard errors, at least ``min_wait`` iterations after t*. The standard error of the rise is ``sqrt(2)`` times
+      :func:`mean_standard_error` of that output's risk over the last ``jitter_window``
+      iterations (docs/twin-probe.md, "Waits"). An output whose risk still falls keeps the
+      run going, so a lagging average can still take the choice over.
 
     Args:
         weight, offset: see :class:`oscfast.probe.RiskConstants`.
         max_iterations: the iteration cap.
         smoothing: trailing-mean window of the risk.
-        patience_ratio, min_patience: the wait (None: max(50, cap / 15)).
+        patience_ratio, min_patience: the fixed wait (None: max(50, cap / 15)).
         outputs: which outputs to score.
         error_scale: multiply the risk by this to get a mean squared error estimate
             (1 / rho), or None when the risk is not an unbiased estimate.
+        wait: ``"fixed"`` or ``"evidence"``.
+        rise_significance, min_wait, jitter_window: the evidence wait.
     """
 
     name = "risk"
@@ -316,6 +387,10 @@ class RiskRule(RuleBase):
         min_patience: int | None = None,
         outputs: Sequence[OutputKind] = ("raw", "ema"),
         error_scale: float | None = None,
+        wait: Wait = "fixed",
+        rise_significance: float = 3.0,
+        min_wait: int = 25,
+        jitter_window: int = 400,
     ) -> None:
         if not weight >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
@@ -323,6 +398,7 @@ class RiskRule(RuleBase):
             raise ValueError(f"need smoothing >= 1 and patience_ratio >= 0, got {smoothing}, {patience_ratio}")
         if not outputs or any(o not in ("raw", "ema") for o in outputs):
             raise ValueError(f"outputs must be a non-empty subset of ('raw', 'ema'), got {outputs}")
+        _check_wait(wait, rise_significance, min_wait, jitter_window, smoothing)
         self.outputs: tuple[OutputKind, ...] = tuple(outputs)
         self.needs = frozenset({"loss", "p"} | ({"loss_ema", "p_ema"} if "ema" in self.outputs else set()))
         super().__init__(max_iterations=max_iterations, output=self.outputs[0])
@@ -332,7 +408,14 @@ class RiskRule(RuleBase):
         self.patience_ratio = float(patience_ratio)
         self.min_patience = int(min_patience) if min_patience is not None else max(50, round(self.max_iterations / 15))
         self.error_scale = error_scale
+        self.wait: Wait = wait
+        self.rise_significance = float(rise_significance)
+        self.min_wait, self.jitter_window = int(min_wait), int(jitter_window)
         self.add_state("_best", math.inf)
+        # per output: running minimum of its smoothed risk, and the rise it needed (NaN: not
+        # evaluated at that iteration)
+        self.add_state("_output_best", {output: math.inf for output in self.outputs})
+        self.add_state("_threshold", {output: np.full(self.max_iterations, np.nan) for output in self.outputs})
 
     def risk(self, output: OutputKind = "raw") -> np.ndarray:
         """The (unsmoothed) risk of ``output`` per iteration fed so far."""
@@ -340,26 +423,54 @@ class RiskRule(RuleBase):
         n = self._n
         return self._history["loss" + suffix][:n] + self.weight * self._history["p" + suffix][:n] + self.offset
 
+    def smoothed_risk(self, output: OutputKind = "raw") -> np.ndarray:
+        """The trailing mean of the risk of ``output`` (NaN until the window is full)."""
+        return trailing_mean(self.risk(output), self.smoothing)
+
+    def rise_threshold(self, output: OutputKind = "raw") -> np.ndarray:
+        """Per iteration fed, the rise above its minimum that the smoothed risk of ``output``
+        needed to count as significant (evidence wait; NaN where it was not evaluated)."""
+        return self._threshold[output][: self._n].copy()
+
     def _advance(self, first: int, end: int) -> None:
         window = self.smoothing
         start = max(first, window - 1)
         if start >= end:
             return
-        # trailing means of the new iterations only, from the window before them
-        smoothed = {
-            output: trailing_mean(self.risk(output)[start - window + 1 : end], window)[window - 1 :]
-            for output in self.outputs
-        }
-        for offset, newest in enumerate(range(start, end)):
+        # trailing means of the new iterations, from the window before them
+        origin = max(0, start - window + 1)
+        smoothed = {output: trailing_mean(self.risk(output)[origin:end], window) for output in self.outputs}
+        for newest in range(start, end):
+            offset = newest - origin
             for output in self.outputs:
                 value = smoothed[output][offset]
+                self._output_best[output] = min(self._output_best[output], float(value))
                 if value < self._best and not self._decision.should_stop:
                     self._best = float(value)
                     self._choose(newest - (window - 1) // 2, output, value)
             self._set_score(smoothed[self.outputs[0]][offset])
             chosen = self._decision.iteration
-            if chosen is not None and newest - chosen >= max(self.min_patience, self.patience_ratio * chosen):
+            if chosen is None or self._decision.should_stop:
+                continue
+            if newest - chosen >= max(self.min_patience, self.patience_ratio * chosen):
+                self._fire(newest + 1)  # the fixed wait, also the evidence wait's longest
+            elif self.wait == "evidence" and newest - chosen >= self.min_wait and self._risen(smoothed, offset, newest):
                 self._fire(newest + 1)
+
+    def _risen(self, smoothed: Mapping[str, np.ndarray], offset: int, newest: int) -> bool:
+        """Every output's smoothed risk at ``newest`` is significantly above its minimum."""
+        lo = max(0, newest - self.jitter_window + 1)
+        for output in self.outputs:
+            rise = smoothed[output][offset] - self._output_best[output]
+            if not rise > 0:
+                return False
+            suffix = "" if output == "raw" else "_ema"
+            recent = self._history["loss" + suffix][lo : newest + 1] + self.weight * self._history["p" + suffix][lo : newest + 1]
+            threshold = self.rise_significance * math.sqrt(2.0) * mean_standard_error(recent, self.smoothing)
+            self._threshold[output][newest] = threshold
+            if not rise >= threshold:  # NaN (too few values) does not stop either
+                return False
+        return True
 
     def estimated_error(self) -> float | None:
         """Estimated mean squared error of the chosen output over the probed entries (its
@@ -370,7 +481,11 @@ class RiskRule(RuleBase):
         return max(self._best, 0.0) * self.error_scale
 
     def scores(self) -> dict[str, np.ndarray]:
-        return {f"risk ({output})": self.risk(output) for output in self.outputs}
+        curves = {f"risk ({output})": self.risk(output) for output in self.outputs}
+        if self.wait == "evidence":
+            for output in self.outputs:
+                curves[f"rise needed ({output})"] = self.rise_threshold(output)
+        return curves
 
 
 # ------------------------------------------------------------------------------------------
@@ -402,7 +517,17 @@ class KneeRule(RuleBase):
     ``patience`` centres have passed without a new maximum and the fit has absorbed at least
     ``min_rise`` more of the probe since t* (the smoothed P rose by that much: a knee that
     no absorption follows is not the onset of overfitting). A t* never so confirmed is
-    dropped at the cap, which then returns its last image.
+    dropped at the cap, which then returns its last image. That is ``wait="fixed"``, the
+    wait before issue 18: t* + L + patience at the earliest.
+
+    ``wait="evidence"`` stops at the fixed wait at the latest, and earlier as soon as the
+    knee is confirmed by a significant rise: the smoothed P at the newest iteration exceeds
+    its value at t* by ``rise_significance`` standard errors (``sqrt(2)`` times
+    :func:`mean_standard_error` of P over the last ``jitter_window`` iterations, in blocks
+    of ``smoothing``) and by ``min_rise``, once ``min_wait`` centres have passed without a
+    new maximum (a short patience in place of ``patience``). A centre's curvature is known
+    ``L`` iterations after it (the chord window's look-ahead), so the stop comes at
+    t* + L + min_wait at the earliest.
 
     Args:
         max_iterations: the iteration cap (scales the iteration axis).
@@ -415,7 +540,10 @@ class KneeRule(RuleBase):
         online: stop online (False: never stop, offline argmax).
         output: the output the rule returns.
         signal: the P curve to read: ``"p"`` (of the raw output) or ``"p_ema"`` (of the average).
-        min_rise: the rise of the smoothed P after t* that confirms it (0: off).
+        min_rise: the rise of the smoothed P after t* that confirms it (0: off; with the
+            evidence wait a floor under the significance test).
+        wait: ``"fixed"`` (patience and ``min_rise``) or ``"evidence"``.
+        rise_significance, min_wait, jitter_window: the evidence wait.
     """
 
     name = "knee"
@@ -434,6 +562,10 @@ class KneeRule(RuleBase):
         output: OutputKind = "raw",
         signal: Literal["p", "p_ema"] = "p",
         min_rise: float = 0.05,
+        wait: Wait = "fixed",
+        rise_significance: float = 3.0,
+        min_wait: int = 25,
+        jitter_window: int = 400,
     ) -> None:
         from oscfast.kernels import IncrementalCurvature
 
@@ -453,6 +585,10 @@ class KneeRule(RuleBase):
         if not min_rise >= 0:
             raise ValueError(f"min_rise must be >= 0, got {min_rise}")
         self.min_rise = float(min_rise)
+        _check_wait(wait, rise_significance, min_wait, jitter_window, self.smoothing)
+        self.wait: Wait = wait
+        self.rise_significance = float(rise_significance)
+        self.min_wait, self.jitter_window = int(min_wait), int(jitter_window)
         self.min_curvature = float(min_curvature)
         self.guard, self.online = guard, online
         self.lag = self.half_window
@@ -464,6 +600,7 @@ class KneeRule(RuleBase):
         self.add_state("_argmin_pbar", 0)
         self.add_state("_best_curvature", -math.inf)
         self.add_state("_threshold", np.full(self.max_iterations, np.nan))
+        self.add_state("_rise_threshold", np.full(self.max_iterations, np.nan))
 
     def reset(self) -> None:
         super().reset()
@@ -533,10 +670,33 @@ class KneeRule(RuleBase):
             if not self.online or chosen is None or self._decision.should_stop:
                 continue
             confirmed = pbar[newest] - pbar[chosen] >= self.min_rise
-            if confirmed and centre - chosen >= self.patience:
+            ready = confirmed and centre - chosen >= self.patience  # the fixed wait, also the evidence's longest
+            if not ready and self.wait == "evidence" and centre - chosen >= self.min_wait:
+                ready = self._risen(pbar, chosen, newest)
+                confirmed = confirmed or ready
+            if ready:
                 self._fire(newest + 1)
             elif not confirmed and newest == self.max_iterations - 1:
                 self._choose(newest)  # an unconfirmed knee at the cap: the last image
+
+    def rise_threshold(self) -> np.ndarray:
+        """Per iteration fed, the rise of the smoothed P since t* that the evidence wait
+        needed (NaN where it was not evaluated)."""
+        return self._rise_threshold[: self._n].copy()
+
+    def _risen(self, pbar: np.ndarray, chosen: int, newest: int) -> bool:
+        """The smoothed P at ``newest`` is significantly (and by ``min_rise``) above its
+        value at the chosen knee."""
+        rise = pbar[newest] - pbar[chosen]
+        if not rise > 0:
+            return False
+        recent = self._history[self.signal][max(0, newest - self.jitter_window + 1) : newest + 1]
+        threshold = self.rise_significance * math.sqrt(2.0) * mean_standard_error(recent, self.smoothing)
+        if math.isnan(threshold):  # too few values to judge
+            return False
+        threshold = max(self.min_rise, threshold)
+        self._rise_threshold[newest] = threshold
+        return bool(rise >= threshold)
 
     def scores(self) -> dict[str, np.ndarray]:
         return {"curvature of smoothed P": self.curvature}

@@ -1,7 +1,15 @@
-"""Inverse problems as objects with a forward operator (method.md section 1).
+"""Inverse problems as objects with a forward operator (method.md section 1), and their registry.
 
 The engine only calls ``task.forward(x)``, ``task.pseudo_noise(std, seed)``, ``task.loss``
 and ``task.finalize``: a new task is a new subclass, never a change to the engine.
+
+Each named task class carries everything the rest of the package needs to know about it: its
+name, the keyword options it takes (:attr:`Task.options`), its default preset and default stop
+(:attr:`Task.default_stop`), how it is built from an observation and those options
+(:meth:`Task.from_options`) and how a test observation is made from a clean image
+(:meth:`Task.degrade_image`, behind :func:`degrade`). Registering a class with
+:func:`register_task` makes it a task of ``restore``, ``restore_many``, the folders, the CLI and
+``degrade``: a new task (or noise model) is one class.
 """
 from __future__ import annotations
 
@@ -9,19 +17,27 @@ import math
 import numbers
 import logging
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
+from oscfast import degradations as dg
 from oscfast import io, operators
+from oscfast.checks import check_bool, check_host_allocation, check_integer, check_real
 from oscfast.probe import gaussian_pseudo_noise, masked_uniform_pseudo_noise
 
 __all__ = [
-    "TASK_OPTIONS",
+    "TASKS",
+    "StopDefault",
     "build_task",
+    "check_task_options",
+    "degrade",
     "load_mask",
+    "register_task",
+    "task_class",
+    "task_names",
     "Task",
     "Denoise",
     "JPEG",
@@ -33,6 +49,16 @@ __all__ = [
 ]
 
 OutputKind = Literal["ema", "raw"]
+Observation = Union[np.ndarray, "tuple[np.ndarray, np.ndarray]"]
+
+
+class StopDefault(NamedTuple):
+    """What a task gets when the caller names neither probe nor rule (chosen on the selection
+    half of the recorded runs: bench/rules_study.py, bench/results/rules.md)."""
+
+    probe: str
+    rule: str
+    output: OutputKind
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +77,20 @@ class Task(nn.Module):
     name: ClassVar[str] = "task"
     #: which image the task returns at the chosen iteration by default (method.md section 5)
     default_output: ClassVar[OutputKind] = "raw"
+    #: the keyword options ``restore(..., task=name)`` takes for this task
+    options: ClassVar[frozenset[str]] = frozenset()
+    #: options that preparation fills in from the input file (not the caller's to give)
+    file_options: ClassVar[frozenset[str]] = frozenset()
+    #: options that cannot come from a command line or a folder run (callables)
+    code_only_options: ClassVar[frozenset[str]] = frozenset()
+    #: the preset used when none is named (``oscfast.presets.PRESETS[name]``)
+    default_preset: ClassVar[str] = "f16"
+    #: the probe, rule and output used when the caller names neither
+    default_stop: ClassVar[StopDefault] = StopDefault("twin", "risk", "raw")
+    #: the options of :meth:`degrade_image` (besides ``seed``), with their defaults in its doc
+    degrade_options: ClassVar[tuple[str, ...]] = ()
+    #: whether the observation itself must have the minimum size (else only the output)
+    checks_observation_size: ClassVar[bool] = True
 
     def __init__(self, observation: torch.Tensor, output_size: tuple[int, int]) -> None:
         super().__init__()
@@ -93,6 +133,32 @@ class Task(nn.Module):
         0 here: the observation is exact (an ideal LR image, known pixels)."""
         return 0.0
 
+    # -- the registry's side: building and degrading by name ---------------------------------
+
+    @classmethod
+    def from_options(cls, observation: np.ndarray, *, seed: int = 0, **options: Any) -> Task:
+        """Build the task from an HxWxC observation and its (checked) keyword options."""
+        return cls(io.image_to_tensor(observation))
+
+    @classmethod
+    def preset_for(cls, options: dict[str, Any]) -> str:
+        """The default preset for these task options."""
+        return cls.default_preset
+
+    @classmethod
+    def degrade_image(cls, image: np.ndarray, *, seed: int = 0, **options: Any) -> Observation:
+        """A test observation of the clean ``image`` (HxW or HxWxC float in [0, 1])."""
+        raise ValueError(f"task {cls.name!r} has no built-in degradation (its operator is the caller's)")
+
+    @classmethod
+    def observe(cls, image: np.ndarray, *, seed: int = 0, **options: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        """A test observation of the clean ``image`` (:func:`degrade`) and the task options that
+        :func:`oscfast.restore` needs to restore it (the mask, the factor, the blur)."""
+        made = degrade(image, cls.name, seed=seed, **options)
+        if isinstance(made, tuple):
+            return made[0], {"mask": made[1]}
+        return made, {}
+
 
 def observation_noise_level(observation: torch.Tensor) -> float:
     """White-noise std of an observation (1, C, H, W): Donoho's estimator
@@ -107,9 +173,16 @@ class Denoise(Task):
 
     name = "denoise"
     default_output = "ema"
+    default_stop = StopDefault("twin", "risk", "ema")
+    degrade_options = ("sigma", "clip")
 
     def __init__(self, observation: torch.Tensor) -> None:
         super().__init__(observation, tuple(observation.shape[-2:]))
+
+    @classmethod
+    def degrade_image(cls, image: np.ndarray, *, seed: int = 0, **options: Any) -> Observation:
+        """White Gaussian noise: sigma (25/255), clip (True)."""
+        return dg.add_gaussian_noise(image, options.get("sigma", 25 / 255), seed=seed, clip=options.get("clip", True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -137,12 +210,17 @@ class JPEG(Denoise):
     """
 
     name = "jpeg"
+    options = frozenset({"quality", "quantization", "subsampling"})
+    file_options = frozenset({"quantization", "subsampling"})
+    default_preset = "snail"
+    default_stop = StopDefault("twin", "risk", "ema")
+    degrade_options = ("quality",)
 
     def __init__(self, observation: torch.Tensor, *, tables: Any = None, subsampling: int | None = None,
                  quality: int | None = None) -> None:
         super().__init__(observation)
-        if quality is not None and (isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100):
-            raise ValueError(f"quality must be an integer in 1..100, got {quality!r}")
+        if quality is not None:
+            quality = check_integer(quality, "quality", minimum=1, maximum=100)
         if tables is not None and quality is not None:
             raise ValueError("give either the quantisation tables or quality=, not both")
         self.tables = tables
@@ -150,7 +228,8 @@ class JPEG(Denoise):
         self.quality = quality
 
     def noise_level(self) -> float:
-        from oscfast.noise_level import jpeg_noise_level, jpeg_tables_for_quality
+        from oscfast.jpeg_error import jpeg_noise_level
+        from oscfast.jpeg_files import jpeg_tables_for_quality
 
         tables = self.tables if self.tables is not None else (
             jpeg_tables_for_quality(int(self.quality)) if self.quality is not None else None)
@@ -161,18 +240,33 @@ class JPEG(Denoise):
         image = self.observation.detach().cpu()[0].permute(1, 2, 0).double().numpy()
         return float(jpeg_noise_level(image, tables, subsampling=self.subsampling))
 
+    @classmethod
+    def from_options(cls, observation: np.ndarray, *, seed: int = 0, **options: Any) -> Task:
+        return cls(io.image_to_tensor(observation), tables=options.get("quantization"),
+                   subsampling=options.get("subsampling"), quality=options.get("quality"))
+
+    @classmethod
+    def degrade_image(cls, image: np.ndarray, *, seed: int = 0, **options: Any) -> Observation:
+        """JPEG compression: quality (10)."""
+        return dg.jpeg_compress(image, options.get("quality", 10))
+
 
 class SuperResolution(Task):
     """x``factor`` super-resolution; A is the Lanczos-2 half-phase downsampler
     (reference-configs.md section 4)."""
 
     name = "super_resolution"
+    options = frozenset({"factor"})
+    default_preset = "x4"
+    default_stop = StopDefault("twin", "knee", "ema")
+    degrade_options = ("factor",)
+    checks_observation_size = False
 
     def __init__(self, observation: torch.Tensor, factor: int = 4) -> None:
-        factor = _integer_option(factor, "factor", 2)
+        factor = check_integer(factor, "factor", minimum=2)
         height, width = observation.shape[-2:]
         # the output canvas (float32) and the Lanczos kernel (float64, (4 factor)^2 taps)
-        _check_allocation(
+        check_host_allocation(
             4 * observation.shape[1] * height * width * factor**2 + 8 * (4 * factor) ** 2,
             f"super-resolution x{factor} of a {height}x{width} image "
             f"(a {height * factor}x{width * factor} output)",
@@ -187,6 +281,27 @@ class SuperResolution(Task):
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return self.downsampler.adjoint(y)
 
+    @classmethod
+    def from_options(cls, observation: np.ndarray, *, seed: int = 0, **options: Any) -> Task:
+        factor = options.get("factor")
+        return cls(io.image_to_tensor(observation), factor=4 if factor is None else factor)
+
+    @classmethod
+    def preset_for(cls, options: dict[str, Any]) -> str:
+        """x8 for factor >= 8, else x4."""
+        factor = options.get("factor")
+        return "x8" if isinstance(factor, numbers.Real) and not isinstance(factor, bool) and factor >= 8 else "x4"
+
+    @classmethod
+    def degrade_image(cls, image: np.ndarray, *, seed: int = 0, **options: Any) -> Observation:
+        """PIL Lanczos downsampling as in the reference: factor (4)."""
+        return dg.downsample(image, options.get("factor", 4))
+
+    @classmethod
+    def observe(cls, image: np.ndarray, *, seed: int = 0, **options: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        observation, _ = super().observe(image, seed=seed, **options)
+        return observation, {"factor": options.get("factor", 4)}
+
 
 class Inpaint(Task):
     """Fill holes; A multiplies by the known-pixel mask (1 = known, 0 = hole).
@@ -198,6 +313,10 @@ class Inpaint(Task):
     """
 
     name = "inpaint"
+    options = frozenset({"mask", "keep_known", "mask_threshold"})
+    default_preset = "kate"
+    default_stop = StopDefault("twin", "knee", "ema")
+    degrade_options = ("mask", "coverage", "keep")
 
     def __init__(self, observation: torch.Tensor, mask: torch.Tensor, *, keep_known: bool = True) -> None:
         super().__init__(observation, tuple(observation.shape[-2:]))
@@ -229,17 +348,76 @@ class Inpaint(Task):
             return image
         return self.mask * self.observation + (1 - self.mask) * image
 
+    @classmethod
+    def from_options(cls, observation: np.ndarray, *, seed: int = 0, **options: Any) -> Task:
+        keep_known = options.get("keep_known")
+        keep_known = True if keep_known is None else check_bool(keep_known, "keep_known")
+        mask = load_mask(options.get("mask"), observation.shape[:2], _mask_threshold(options))
+        return cls(io.image_to_tensor(observation), mask, keep_known=keep_known)
+
+    @classmethod
+    def degrade_image(cls, image: np.ndarray, *, seed: int = 0, **options: Any) -> Observation:
+        """Holes: mask (default: a text mask drawn with ``seed``), coverage (0.05, a generated
+        text mask only) or keep (a random mask keeping that share of the pixels instead)
+        -> (observation, mask)."""
+        h, w = image.shape[:2]
+        mask = options.get("mask")
+        if mask is not None and ("coverage" in options or "keep" in options):
+            raise ValueError("coverage and keep apply only to a generated mask; do not give them with mask")
+        if "coverage" in options and "keep" in options:
+            raise ValueError("give coverage (a text mask) or keep (a random mask), not both")
+        if mask is None and "keep" in options:
+            mask = dg.random_pixel_mask((h, w), keep=options["keep"], seed=seed)
+        elif mask is None:
+            mask = dg.text_mask((h, w), seed=seed, coverage=options.get("coverage", 0.05))
+        else:
+            mask = dg.check_mask(mask, h, w)
+        return dg.apply_mask(image, mask), mask
+
 
 class RestorePixels(Inpaint):
     """Restore an image from a random subset of its pixels (the 'Barbara 50%' experiment)."""
 
     name = "restore_pixels"
+    options = frozenset({"mask", "keep", "keep_known", "mask_threshold"})
+    default_preset = "barbara"
+    degrade_options = ("keep", "channels")
+
+    @classmethod
+    def from_options(cls, observation: np.ndarray, *, seed: int = 0, **options: Any) -> Task:
+        if options.get("mask") is not None:
+            if options.get("keep") is not None:
+                raise ValueError("give either mask= or keep= for task 'restore_pixels', not both")
+            return super().from_options(observation, seed=seed, **options)
+        keep_known = options.get("keep_known")
+        keep_known = True if keep_known is None else check_bool(keep_known, "keep_known")
+        _mask_threshold(options)
+        keep = 0.5 if options.get("keep") is None else options["keep"]
+        keep = check_real(keep, "keep", "the fraction of known pixels, in (0, 1]", minimum=0, maximum=1, open_minimum=True)
+        mask = io.image_to_tensor(dg.random_pixel_mask(observation.shape[:2], keep=keep, seed=seed))
+        return cls(io.image_to_tensor(observation) * mask, mask, keep_known=keep_known)  # dropped pixels are not observed
+
+    @classmethod
+    def degrade_image(cls, image: np.ndarray, *, seed: int = 0, **options: Any) -> Observation:
+        """A random share of the pixels: keep (0.5), channels (1: one mask for all channels)
+        -> (observation, mask)."""
+        h, w = image.shape[:2]
+        channels = check_integer(options.get("channels", 1), "channels", minimum=1)
+        image_channels = 1 if image.ndim == 2 else image.shape[2]
+        if channels not in (1, image_channels):
+            if image.ndim == 2:
+                raise ValueError(f"channels must be 1 for a grayscale image, got {channels}")
+            raise ValueError(f"channels must be 1 or {image_channels} for an image of {image_channels} channels, got {channels}")
+        mask = dg.random_pixel_mask((h, w), options.get("keep", 0.5), seed=seed, channels=channels)
+        return dg.apply_mask(image, mask), mask
 
 
 class Deblur(Task):
     """Deconvolution; A convolves with a known blur kernel."""
 
     name = "deblur"
+    options = frozenset({"kernel", "blur_sigma"})
+    degrade_options = ("sigma", "kernel", "noise")
 
     def __init__(self, observation: torch.Tensor, kernel: torch.Tensor) -> None:
         super().__init__(observation, tuple(observation.shape[-2:]))
@@ -253,6 +431,38 @@ class Deblur(Task):
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return self.blur.adjoint(y)
+
+    @classmethod
+    def from_options(cls, observation: np.ndarray, *, seed: int = 0, **options: Any) -> Task:
+        kernel, sigma = options.get("kernel"), options.get("blur_sigma")
+        if (kernel is None) == (sigma is None):
+            raise ValueError("task 'deblur' needs exactly one of kernel= (2-D array) or blur_sigma=")
+        shape_hw = (int(observation.shape[0]), int(observation.shape[1]))
+        if kernel is None:
+            kernel64 = dg.checked_gaussian_kernel(sigma, shape_hw, "blur_sigma")
+        else:
+            kernel64 = dg.checked_kernel(kernel, shape_hw, "kernel")
+        total = float(kernel64.sum())
+        if not (math.isfinite(total) and total > 0):
+            raise ValueError(f"kernel must have a positive finite sum (it is normalised to 1), got sum {total:.6g}")
+        return cls(io.image_to_tensor(observation), torch.as_tensor((kernel64 / total).astype(np.float32)))
+
+    @classmethod
+    def degrade_image(cls, image: np.ndarray, *, seed: int = 0, **options: Any) -> Observation:
+        """Blur with the task's own operator: sigma (2.0) or kernel; then white Gaussian noise of
+        std noise (0: none), clipped to [0, 1] like 8-bit data."""
+        blurred = dg.blur(image, sigma=options.get("sigma"), kernel=options.get("kernel"))
+        noise = check_real(options.get("noise", 0.0), "noise", "a noise std >= 0", minimum=0)
+        if noise == 0:
+            return blurred
+        return dg.add_gaussian_noise(np.clip(blurred, 0, 1), noise, seed=seed)
+
+    @classmethod
+    def observe(cls, image: np.ndarray, *, seed: int = 0, **options: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        observation, _ = super().observe(image, seed=seed, **options)
+        if options.get("kernel") is not None:
+            return observation, {"kernel": options["kernel"]}
+        return observation, {"blur_sigma": options.get("sigma", dg.DEFAULT_BLUR_SIGMA)}
 
 
 class CustomOperator(Task):
@@ -277,6 +487,9 @@ class CustomOperator(Task):
     """
 
     name = "custom"
+    options = frozenset({"operator", "output_shape", "adjoint"})
+    code_only_options = frozenset({"operator", "output_shape", "adjoint"})
+    checks_observation_size = False
 
     def __init__(
         self,
@@ -285,12 +498,12 @@ class CustomOperator(Task):
         output_shape: tuple[int, int, int],
         adjoint: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
-        output_shape = _output_shape_option(output_shape)
+        output_shape = _output_shape(output_shape)
         if not callable(operator):
             raise TypeError(f"operator must be a callable x -> A(x), got {type(operator).__name__}")
         if adjoint is not None and not callable(adjoint):
             raise TypeError(f"adjoint must be a callable y -> A^T(y) or None, got {type(adjoint).__name__}")
-        _check_allocation(4 * math.prod(output_shape), f"an output of shape {output_shape}")
+        check_host_allocation(4 * math.prod(output_shape), f"an output of shape {output_shape}")
         super().__init__(observation, (output_shape[1], output_shape[2]))
         self._image_channels = int(output_shape[0])
         forward = getattr(operator, "A", None)
@@ -342,17 +555,15 @@ class CustomOperator(Task):
             return super().adjoint(y)
         return self._adjoint(y)
 
-
-#: which keyword options each named task takes
-TASK_OPTIONS: dict[str, frozenset[str]] = {
-    "denoise": frozenset(),
-    "jpeg": frozenset({"quality", "quantization", "subsampling"}),
-    "super_resolution": frozenset({"factor"}),
-    "inpaint": frozenset({"mask", "keep_known", "mask_threshold"}),
-    "restore_pixels": frozenset({"mask", "keep", "keep_known", "mask_threshold"}),
-    "deblur": frozenset({"kernel", "blur_sigma"}),
-    "custom": frozenset({"operator", "output_shape", "adjoint"}),
-}
+    @classmethod
+    def from_options(cls, observation: np.ndarray, *, seed: int = 0, **options: Any) -> Task:
+        operator = options.get("operator")
+        if operator is None or not callable(operator):
+            raise ValueError("task 'custom' needs operator= (a callable x -> A(x) on 1xCxHxW tensors)")
+        output_shape = options.get("output_shape")
+        if output_shape is None:
+            output_shape = (observation.shape[2], *observation.shape[:2])
+        return cls(io.image_to_tensor(observation), operator, output_shape, adjoint=options.get("adjoint"))
 
 
 def load_mask(mask: Any, shape_hw: tuple[int, int], threshold: float = 0.5) -> torch.Tensor:
@@ -366,9 +577,7 @@ def load_mask(mask: Any, shape_hw: tuple[int, int], threshold: float = 0.5) -> t
     """
     if mask is None:
         raise ValueError("this task needs mask= (path or array; 1 = known pixel, 0 = hole)")
-    threshold = io.check_real(threshold, "mask_threshold", "a level in [0, 1]")
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"mask_threshold must lie in [0, 1], got {threshold}")
+    threshold = check_real(threshold, "mask_threshold", "a level in [0, 1]", minimum=0, maximum=1)
     if isinstance(mask, np.ndarray) and (mask.dtype == bool or (mask.dtype == np.uint8 and mask.max(initial=0) <= 1)):
         mask = mask.astype(np.float32)  # {0, 1} integers are a mask, not 8-bit grey levels
     array = io.load_image(mask, name="mask")
@@ -382,6 +591,54 @@ def load_mask(mask: Any, shape_hw: tuple[int, int], threshold: float = 0.5) -> t
     return io.image_to_tensor(binary)
 
 
+#: task name -> task class, in the order tasks are listed to users
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Make ``cls`` a named task of every entry point (decorator); its ``name`` must be new."""
+    if not (isinstance(cls, type) and issubclass(cls, Task)) or cls.name == Task.name:
+        raise TypeError(f"register_task takes a Task subclass with its own name, got {cls!r}")
+    if cls.name in TASKS and TASKS[cls.name] is not cls:
+        raise ValueError(f"a task named {cls.name!r} is registered already ({TASKS[cls.name].__name__})")
+    TASKS[cls.name] = cls
+    return cls
+
+
+for _cls in (Denoise, JPEG, SuperResolution, Inpaint, RestorePixels, Deblur, CustomOperator):
+    register_task(_cls)
+
+
+def task_names() -> tuple[str, ...]:
+    """The names ``restore(..., task=...)`` takes."""
+    return tuple(TASKS)
+
+
+def task_class(name: object) -> type[Task]:
+    """The task class registered as ``name``.
+
+    Raises:
+        ValueError: an unknown name, listing the known ones.
+    """
+    if not isinstance(name, str) or name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of {list(TASKS)}")
+    return TASKS[name]
+
+
+def check_task_options(name: str, options: dict[str, Any], *, allowed: frozenset[str] | None = None) -> None:
+    """Refuse options (those not None) that task ``name`` does not take, naming the valid ones.
+
+    ``allowed``: the options this entry point lets through (default: all of the task's)."""
+    valid = task_class(name).options if allowed is None else task_class(name).options & allowed
+    anywhere = frozenset().union(*(cls.options for cls in TASKS.values()))
+    strangers = sorted(set(options) - anywhere)
+    if strangers:  # no task takes it: a misspelt keyword, as Python reports one
+        raise TypeError(f"unexpected keyword argument(s) {strangers}; the options of task {name!r}: {sorted(valid) or 'none'}")
+    unknown = {key for key, value in options.items() if value is not None} - valid
+    if unknown:
+        raise ValueError(f"option(s) {sorted(unknown)} do not apply to task {name!r}; valid: {sorted(valid) or 'none'}")
+
+
 def build_task(task: str, observation: np.ndarray, *, seed: int = 0, **options: Any) -> Task:
     """Make a :class:`Task` from a task name, the observation (HxWxC float) and options.
 
@@ -391,87 +648,66 @@ def build_task(task: str, observation: np.ndarray, *, seed: int = 0, **options: 
             would not fit in memory).
         TypeError: an option of the wrong type (e.g. a string for a number).
     """
-    if task not in TASK_OPTIONS:
-        raise ValueError(f"unknown task {task!r}; expected one of {list(TASK_OPTIONS)}")
-    given = {key for key, value in options.items() if value is not None}
-    unknown = given - TASK_OPTIONS[task]
+    cls = task_class(task)
+    check_task_options(task, options)
+    return cls.from_options(observation, seed=seed, **{k: v for k, v in options.items() if v is not None})
+
+
+def degrade(image: np.ndarray, task: str, *, seed: int = 0, **options: Any) -> Observation:
+    """Make the observation of ``image`` for one restoration task.
+
+    Tasks, their options (defaults) and what they return:
+
+    - ``"denoise"``: sigma (25/255), clip (True) -> noisy image.
+    - ``"jpeg"``: quality (10) -> decoded JPEG.
+    - ``"super_resolution"``: factor (4) -> LR image (H / factor, W / factor).
+    - ``"inpaint"``: mask (default ``text_mask(seed=seed)``), coverage (0.05) or keep (a random
+      mask instead) -> (observed, mask).
+    - ``"restore_pixels"``: keep (0.5), channels (1) -> (observed, mask).
+    - ``"deblur"``: sigma (2.0) or kernel, noise (0) -> blurred (and noisy) image.
+
+    ``seed`` seeds the noise (denoise) and the generated masks (inpaint without ``mask``,
+    restore_pixels); the other tasks are deterministic and ignore it.
+
+    Args:
+        image: Clean image (H, W) or (H, W, C), float in [0, 1].
+        task: One of the task names above.
+        seed: Random seed.
+        **options: Task options from the list.
+
+    Returns:
+        The observation (float32), or ``(observation, mask)`` for the masked tasks, the mask being
+        float32 {0, 1} of shape (H, W, 1) unless given.
+
+    Raises:
+        ValueError: For an unknown task or option, an invalid image or invalid option values.
+        TypeError: If ``image`` is not a float numpy array.
+
+    Example:
+        >>> x = np.full((32, 32, 3), 0.5, np.float32)
+        >>> degrade(x, "super_resolution", factor=4).shape
+        (8, 8, 3)
+        >>> y, m = degrade(x, "restore_pixels", keep=0.25, seed=1)
+    """
+    degradable = [name for name, cls in TASKS.items() if cls.degrade_options or cls.degrade_image.__func__ is not Task.degrade_image.__func__]
+    if not isinstance(task, str) or task not in degradable:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(degradable)}")
+    cls = TASKS[task]
+    unknown = sorted(set(options) - set(cls.degrade_options))
     if unknown:
-        valid = sorted(TASK_OPTIONS[task]) or "none"
-        raise ValueError(f"option(s) {sorted(unknown)} do not apply to task {task!r}; valid: {valid}")
-    y = io.image_to_tensor(observation)
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for task {task!r}; "
+            f"valid options: {', '.join(cls.degrade_options) or 'none'} (and seed)"
+        )
+    return cls.degrade_image(dg.check_image(image), seed=seed, **options)
+
+
+def _mask_threshold(options: dict[str, Any]) -> float:
     threshold = 0.5 if options.get("mask_threshold") is None else options["mask_threshold"]
-    threshold = io.check_real(threshold, "mask_threshold", "a level in [0, 1]")
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"mask_threshold must lie in [0, 1], got {threshold}")
-    if task == "denoise":
-        return Denoise(y)
-    if task == "jpeg":
-        return JPEG(y, tables=options.get("quantization"), subsampling=options.get("subsampling"), quality=options.get("quality"))
-    if task == "super_resolution":
-        factor = options.get("factor")
-        return SuperResolution(y, factor=4 if factor is None else factor)
-    if task in ("inpaint", "restore_pixels"):
-        keep_known = options.get("keep_known")
-        if keep_known is not None and not isinstance(keep_known, (bool, np.bool_)):
-            raise TypeError(f"keep_known must be True or False, got {type(keep_known).__name__} {keep_known!r}")
-        keep_known = True if keep_known is None else bool(keep_known)
-        if task == "restore_pixels" and options.get("mask") is None:
-            from oscfast.degradations import random_pixel_mask
-
-            keep = 0.5 if options.get("keep") is None else options["keep"]
-            keep = io.check_real(keep, "keep", "the fraction of known pixels, in (0, 1]")
-            if not 0 < keep <= 1:
-                raise ValueError(f"keep must lie in (0, 1], got {keep}")
-            mask = io.image_to_tensor(random_pixel_mask(observation.shape[:2], keep=keep, seed=seed))
-            y = y * mask  # the pixels the mask drops are not observed
-        elif options.get("keep") is not None:
-            raise ValueError("give either mask= or keep= for task 'restore_pixels', not both")
-        else:
-            mask = load_mask(options.get("mask"), observation.shape[:2], threshold)
-        cls = Inpaint if task == "inpaint" else RestorePixels
-        return cls(y, mask, keep_known=keep_known)
-    if task == "deblur":
-        from oscfast.degradations import _checked_gaussian_kernel, _checked_kernel
-
-        kernel, sigma = options.get("kernel"), options.get("blur_sigma")
-        if (kernel is None) == (sigma is None):
-            raise ValueError("task 'deblur' needs exactly one of kernel= (2-D array) or blur_sigma=")
-        shape_hw = (int(observation.shape[0]), int(observation.shape[1]))
-        if kernel is None:
-            kernel64 = _checked_gaussian_kernel(sigma, shape_hw, "blur_sigma")
-        else:
-            kernel64 = _checked_kernel(kernel, shape_hw, "kernel")
-        total = float(kernel64.sum())
-        if not (math.isfinite(total) and total > 0):
-            raise ValueError(f"kernel must have a positive finite sum (it is normalised to 1), got sum {total:.6g}")
-        kernel_t = torch.as_tensor((kernel64 / total).astype(np.float32))
-        return Deblur(y, kernel_t)
-    operator: Callable[[torch.Tensor], torch.Tensor] | None = options.get("operator")
-    if operator is None or not callable(operator):
-        raise ValueError("task 'custom' needs operator= (a callable x -> A(x) on 1xCxHxW tensors)")
-    output_shape = options.get("output_shape")
-    if output_shape is None:
-        output_shape = (observation.shape[2], *observation.shape[:2])
-    return CustomOperator(y, operator, _output_shape_option(output_shape), adjoint=options.get("adjoint"))
+    return check_real(threshold, "mask_threshold", "a level in [0, 1]", minimum=0, maximum=1)
 
 
-def _integer_option(value: Any, name: str, low: int) -> int:
-    """A task option that must be a whole number >= ``low`` (4 and 4.0 both pass)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be an integer >= {low}, got {type(value).__name__} {value!r}")
-    if isinstance(value, numbers.Integral):
-        number = int(value)
-    else:
-        real = float(value)
-        if not (math.isfinite(real) and real.is_integer()):
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        number = int(real)
-    if number < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return number
-
-
-def _output_shape_option(output_shape: Any) -> tuple[int, int, int]:
+def _output_shape(output_shape: Any) -> tuple[int, int, int]:
     """``output_shape`` as (C, H, W) positive integers."""
     if isinstance(output_shape, (str, bytes)) or not isinstance(output_shape, (tuple, list, torch.Size, np.ndarray)):
         raise TypeError(f"output_shape must be a tuple (C, H, W) of positive integers, got {output_shape!r}")
@@ -479,23 +715,8 @@ def _output_shape_option(output_shape: Any) -> tuple[int, int, int]:
     if len(values) != 3:
         raise ValueError(f"output_shape must be a tuple (C, H, W) of 3 positive integers, got {output_shape!r}")
     try:
-        return tuple(_integer_option(v, f"output_shape {name}", 1) for v, name in zip(values, "CHW"))  # type: ignore[return-value]
+        return tuple(check_integer(v, f"output_shape {name}", minimum=1) for v, name in zip(values, "CHW"))  # type: ignore[return-value]
     except TypeError as error:
         raise TypeError(f"output_shape must be a tuple (C, H, W) of positive integers, got {output_shape!r}: {error}") from None
     except ValueError as error:
         raise ValueError(f"output_shape must be a tuple (C, H, W) of positive integers, got {output_shape!r}: {error}") from None
-
-
-def _check_allocation(nbytes: int, what: str) -> None:
-    """Raise :class:`oscfast.TooLargeError` before allocating ``nbytes`` on the host when they
-    exceed the free memory."""
-    if nbytes <= 1 << 28:
-        return
-    from oscfast.memory import TooLargeError, available_bytes
-
-    free = available_bytes(torch.device("cpu"))
-    if nbytes > 0.9 * free:
-        raise TooLargeError(
-            f"{what} is too large for memory: it needs about {nbytes / 2**30:.1f} GiB, "
-            f"{free / 2**30:.1f} GiB are free"
-        )

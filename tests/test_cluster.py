@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from oscfast import io
-from oscfast.cluster import CRASH_ENV
+from oscfast.folder import CRASH_ENV
 from oscfast.config import DIPConfig
 from oscfast.folder import restore_folder
 from oscfast.models import DENOISE_SPEC

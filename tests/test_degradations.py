@@ -9,18 +9,17 @@ import torch
 from PIL import Image
 
 from oscfast.degradations import (
-    TASKS,
     add_gaussian_noise,
     apply_mask,
     blur,
     crop_to_multiple,
-    degrade,
     downsample,
     jpeg_compress,
     random_pixel_mask,
     text_mask,
 )
 from oscfast.operators import BlurOperator, gaussian_kernel
+from oscfast.tasks import TASKS, degrade
 
 
 @pytest.fixture
@@ -272,9 +271,10 @@ def test_degrade_unknown_task_and_option(image: np.ndarray) -> None:
         degrade(image, "denoise", factor=4)
     with pytest.raises(ValueError, match="coverage applies only"):
         degrade(image, "inpaint", mask=np.ones(image.shape[:2]), coverage=0.1)
-    assert set(TASKS) == {
-        "denoise", "jpeg", "super_resolution", "inpaint", "restore_pixels", "deblur"
-    }
+    degradable = {name for name, cls in TASKS.items() if cls.degrade_options}
+    assert degradable == {"denoise", "jpeg", "super_resolution", "inpaint", "restore_pixels", "deblur"}
+    with pytest.raises(ValueError, match="unknown task 'custom'"):
+        degrade(image, "custom")
 
 
 @pytest.mark.parametrize(

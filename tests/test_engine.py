@@ -264,7 +264,9 @@ def test_memory_estimate_grows_with_size_fits_and_refuses_huge(tiny_config: DIPC
     small = estimate_run_bytes((3, 64, 64), tiny_config, ring_size=10)
     large = estimate_run_bytes((3, 256, 256), tiny_config, ring_size=10)
     assert 10 < large / small < 20  # ~16x the pixels
-    assert estimate_run_bytes((3, 64, 64), tiny_config, ring_size=10, num_fits=2) == 2 * small
+    assert estimate_run_bytes((3, 64, 64), tiny_config, ring_size=10, num_fits=2, ring_fits=2) == 2 * small
+    # the twin keeps rings for its driving fit only
+    assert estimate_run_bytes((3, 64, 64), tiny_config, ring_size=10, num_fits=2) < 2 * small
     huge = Denoise(torch.zeros(1, 3, 64, 64))
     huge.output_size = (60000, 60000)  # a 3.6-gigapixel canvas
     with pytest.raises(TooLargeError, match="too large for memory"):
@@ -369,3 +371,334 @@ def test_cuda_graph_needs_graph_safe_generators(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delattr(torch.cuda.CUDAGraph, "register_generator_state")
     reason = cuda_graph_unavailable_reason()
     assert reason is not None and "register_generator_state" in reason and "eagerly" in reason
+
+
+# -- the GPU path's logic, on the CPU (issue 19) ----------------------------------------------
+def twin_specs(size: int = 48, probe_scale: float = 1.0) -> list[FitSpec]:
+    noisy, _ = noisy_pair(size=size, sigma=0.15)
+    task = Denoise(noisy)
+    noise = gaussian_pseudo_noise((1, 3, size, size), 0.04, seed=3) * probe_scale
+    return [FitSpec(task, seed=0, probe=noise), FitSpec(task, seed=0, probe=noise, noisy_target=True)]
+
+
+def twin_watch(cap: int) -> Watch:
+    return Watch(RiskRule(2 * 0.15**2, -(0.15**2), max_iterations=cap, min_patience=20, patience_ratio=0.25),
+                 fit=0, probe=1, base=0)
+
+
+def test_rings_are_kept_for_the_driving_fit_only(tiny_config: DIPConfig) -> None:
+    from oscfast.engine import BatchRun
+
+    config = tiny_config.with_options(max_iterations=10)
+    run = BatchRun([(twin_specs(), [twin_watch(10)], 0, None)], config, options=cpu(), extra_signals=("wmv",))
+    assert run.state.ring_slots == [0] and run.state.ring_raw.shape[:2] == (run.ring_size, 1)
+    run.run()
+    record = run.record(0)
+    assert record.last_images.shape == (2, 1, 3, 48, 48)  # every fit's newest output all the same
+    with pytest.raises(ValueError, match="keeps no ring"):
+        run.state.images_at(1, 3)
+
+
+def test_warmup_undo_puts_back_tensors_and_rng_and_saves_only_ring_rows(tiny_config: DIPConfig) -> None:
+    """What a CUDA graph's warm-up changes is put back exactly, the reg-noise generators' states
+    included (so a run resumed from a checkpoint keeps its stream), from copies that hold only the
+    ring rows the warm-up writes, and that the memory estimate counts."""
+    from oscfast.engine import BatchRun, _WarmupUndo
+
+    config = tiny_config.with_options(max_iterations=40)
+    options = cpu(wmv_window=6, change_lag=5)
+    run = BatchRun([(twin_specs(), [twin_watch(40)], 0, None)], config, options=options, extra_signals=("wmv", "emv", "change"))
+    for _ in range(7):
+        run.state.step()
+    before = {name: tensor.clone() for name, tensor in run.state.named_mutable_tensors()}
+    rng_before = [rng.get_state() for rng in run.state.rngs]
+    undo = _WarmupUndo(run.state, 4)
+    for _ in range(4):
+        run.state.step()
+    assert not torch.equal(run.state.ring_raw, before["ring_raw"])
+    undo.restore()
+    for name, tensor in run.state.named_mutable_tensors():
+        torch.testing.assert_close(tensor, before[name], rtol=0, atol=0, equal_nan=True, msg=name)
+    assert all(torch.equal(rng.get_state(), saved) for rng, saved in zip(run.state.rngs, rng_before))
+    assert run.state.host_t == [7, 7]
+    rings = [copy_ for tensor, _, copy_ in undo.saved if tensor is run.state.ring_raw]
+    assert rings[0].shape[0] == 4 < run.ring_size  # the 4 rows the steps write, not the ring
+    kwargs = dict(ring_size=run.ring_size, num_fits=2, window=6, change_lag=5)
+    counted = estimate_run_bytes((3, 48, 48), config, cuda_graph=True, **kwargs) - estimate_run_bytes((3, 48, 48), config, **kwargs)
+    assert undo.nbytes <= counted
+
+
+def test_resume_with_a_warmup_keeps_the_reg_noise_stream(tiny_config: DIPConfig) -> None:
+    """A run resumed from its state at iteration 10, with a capture-style warm-up undone before
+    it goes on, ends bitwise where the uninterrupted run ends (re-seeding the generators, as the
+    capture did before, would replay the stream's start)."""
+    from oscfast.engine import BatchRun, _WarmupUndo
+
+    config = tiny_config.with_options(max_iterations=30)
+    assert config.reg_noise_std > 0
+    whole = BatchRun([(twin_specs(), [cap_watch(30)], 0, None)], config, options=cpu())
+    for _ in range(30):
+        whole.state.step()
+    first = BatchRun([(twin_specs(), [cap_watch(30)], 0, None)], config, options=cpu())
+    for _ in range(10):
+        first.state.step()
+    saved = first.state.state_dict()
+    resumed = BatchRun([(twin_specs(), [cap_watch(30)], 0, None)], config, options=cpu())
+    resumed.state.load_state_dict(saved)
+    undo = _WarmupUndo(resumed.state, 4)
+    for _ in range(4):
+        resumed.state.step()
+    undo.restore()
+    assert all(torch.equal(r.get_state(), s) for r, s in zip(resumed.state.rngs, saved["rngs"]))
+    reseeded = torch.Generator().manual_seed(resumed.state.rngs[0].initial_seed()).get_state()
+    assert not torch.equal(resumed.state.rngs[0].get_state(), reseeded)
+    for _ in range(20):
+        resumed.state.step()
+    assert torch.equal(resumed.state.last_raw, whole.state.last_raw)
+
+
+def test_format_1_checkpoint_state_loads(tiny_config: DIPConfig) -> None:
+    """A checkpoint of the layout before (a list, rings for every fit) still resumes."""
+    from oscfast.engine import BatchRun
+
+    config = tiny_config.with_options(max_iterations=12)
+    run = BatchRun([(twin_specs(), [cap_watch(12)], 0, None)], config, options=cpu())
+    for _ in range(6):
+        run.state.step()
+    named = dict(run.state.named_mutable_tensors())
+    old = []
+    for name, tensor in named.items():
+        if name in ("ring_raw", "ring_ema"):
+            tensor = torch.stack([tensor[:, 0], torch.rand_like(tensor[:, 0])], dim=1)  # fit 1's ring: not kept
+        if name == "ring_raw":
+            tensor[5, 1] = named["last_raw"][1]  # fit 1's newest output, at t - 1
+        if name != "last_raw":
+            old.append(tensor.clone())
+    fresh = BatchRun([(twin_specs(), [cap_watch(12)], 0, None)], config, options=cpu())
+    fresh.state.load_state_dict({"tensors": old, "rngs": [r.get_state() for r in run.state.rngs], "host_t": [6, 6]})
+    for name, tensor in fresh.state.named_mutable_tensors():
+        torch.testing.assert_close(tensor, named[name], rtol=0, atol=0, equal_nan=True, msg=name)
+
+
+def test_export_from_a_twin_runs_resume_point_is_exact(tiny_config: DIPConfig) -> None:
+    """The twin run keeps the driving fit's state at its syncs; continuing that fit alone from
+    the point before the chosen iteration gives the returned raw image bitwise (CPU), from a
+    point after iteration 0 (a few steps, not the whole run again)."""
+    config = tiny_config.with_options(max_iterations=300)
+    specs = twin_specs()
+    run = run_fits(specs, config, [twin_watch(300)], options=cpu(sync_every=10))
+    decision = run.decision
+    assert decision.iteration is not None and run.resume_point is not None
+    point = run.resume_point
+    assert 0 < point.iteration <= decision.iteration < point.iteration + 10 + run.rules[0].lag + 1
+    rebuilt = run_fits([specs[0]], config, [cap_watch(300)], options=cpu(), snapshot_iteration=decision.iteration,
+                       resume_from=point)
+    assert torch.equal(rebuilt.raw_image, run.raw_image)
+    snapshot = rebuilt.generator_snapshot
+    top, left = snapshot.top, snapshot.left
+    with torch.no_grad():
+        out = snapshot.net(snapshot.net_input)[:, :, top : top + snapshot.height, left : left + snapshot.width]
+    torch.testing.assert_close(out, run.raw_image, rtol=0, atol=1e-6)
+
+
+def test_restoration_export_of_a_twin_run_reproduces_the_raw_image(tmp_path, tiny_config: DIPConfig) -> None:
+    import oscfast
+    from oscfast.export import export_result
+
+    noisy, _ = noisy_pair(size=48, sigma=0.15)
+    result = oscfast.restore(noisy[0].permute(1, 2, 0).numpy(), "denoise", config=tiny_config.with_options(max_iterations=120),
+                             stop_config=StopConfig(probe="twin", sync_every=10), device="cpu", progress=False)
+    assert result.probe == "twin" and result.resume_point is not None
+    path = export_result(result, tmp_path / "g.pt2", format="pt2")
+    with torch.no_grad():
+        image = torch.export.load(str(path)).module()()
+    np.testing.assert_allclose(image[0].permute(1, 2, 0).numpy(), result.raw_image, rtol=0, atol=1e-6)
+
+
+def test_refill_with_another_probe_energy_scales_p(tiny_config: DIPConfig) -> None:
+    """1/<n, n> is a device tensor the step reads (not a float a graph would bake in): a refill
+    with a probe twice as large updates it in place, and P after the refill is its definition."""
+    from oscfast.engine import BatchRun
+
+    config = tiny_config.with_options(max_iterations=10)
+    run = BatchRun([(twin_specs(), [cap_watch(10)], 0, None)], config, options=cpu(), extra_signals=("p",))
+    energy = run.state.inv_energy
+    pointer = energy.data_ptr()
+    run.run()
+    larger = twin_specs(probe_scale=2.0)
+    run.groups[0].finished = True
+    run.replace_group(0, larger, [cap_watch(10)])
+    assert energy.data_ptr() == run.state.inv_energy.data_ptr() == pointer
+    assert float(energy[1]) == pytest.approx(1 / float(larger[1].probe.double().pow(2).sum()), rel=1e-6)
+    run.run()
+    record = run.record(0)
+    noise = larger[1].probe.double()
+    expected = float((record.last_images[1].double() * noise).sum() / noise.pow(2).sum())
+    assert record.traces["p"][1, -1] == pytest.approx(expected, rel=1e-5)
+
+
+def test_psnr_y_makes_no_tensor_from_host_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PSNR-Y runs inside the captured step: no torch.tensor / host copy in it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from oscfast.metrics import psnr_y_torch
+
+    seen: list[str] = []
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    reference, image = torch.rand(1, 3, 20, 20), torch.rand(1, 3, 20, 20)
+    for name in ("tensor", "as_tensor", "from_numpy"):
+        monkeypatch.setattr(torch, name, lambda *a, _n=name, **k: pytest.fail(f"torch.{_n} inside psnr_y_torch"))
+    with Ops():
+        value = psnr_y_torch(reference, image)
+    monkeypatch.undo()
+    assert not [op for op in seen if "lift_fresh" in op or "_to_copy" in op or "copy_" in op]
+    from skimage.metrics import peak_signal_noise_ratio
+
+    def y(x: torch.Tensor) -> np.ndarray:
+        x = x[0].double().numpy()
+        return ((16 + 219 * (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])) / 255)[4:-5, 4:-5]
+
+    assert float(value) == pytest.approx(peak_signal_noise_ratio(y(reference), y(image), data_range=1), abs=1e-4)
+
+
+def test_group_times_read_the_clock_after_a_device_sync(tiny_config: DIPConfig) -> None:
+    """Every clock read of the loop comes after a device sync (on CUDA the host only queues
+    kernels), and the group's seconds are the synced block times."""
+    from oscfast.engine import BatchRun, DeviceClock
+
+    events: list[str] = []
+    ticks = iter(range(1000))
+
+    def read() -> float:
+        assert events and events[-1] == "sync", "the clock was read without a device sync before it"
+        events.append("read")
+        return float(next(ticks))
+
+    run = BatchRun([([FitSpec(Denoise(noisy_pair(size=48)[0]))], [cap_watch(10)], 0, None)],
+                   tiny_config.with_options(max_iterations=10), options=cpu(sync_every=5))
+    run.clock = DeviceClock(sync=lambda: events.append("sync"), read=read)
+    run.run()
+    reads = events.count("read")
+    assert reads == 6 and events.count("sync") == reads  # start, 2 blocks x (start, end), end
+    assert run.groups[0].seconds == 2.0 and run.seconds == 5.0
+
+
+def test_device_clock_syncs_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from oscfast.engine import device_clock
+
+    calls: list[object] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    device_clock(torch.device("cpu")).now()
+    assert calls == []
+    device_clock(torch.device("cuda", 1)).now()
+    assert calls == [torch.device("cuda", 1)]
+
+
+def test_fp32_runs_turn_tf32_off_inside_the_run_only() -> None:
+    from oscfast.engine import _backend_flags
+
+    before = torch.backends.cudnn.allow_tf32
+    with _backend_flags(EngineOptions(device=torch.device("cuda"))):
+        assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cudnn.benchmark is True
+    assert torch.backends.cudnn.allow_tf32 == before
+    with _backend_flags(EngineOptions(device=torch.device("cuda"), allow_tf32=True)):
+        assert torch.backends.cudnn.allow_tf32 is True
+    assert torch.backends.cudnn.allow_tf32 == before
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_bf16_runs_its_convolutions_in_bf16(tiny_config: DIPConfig, strategy: str) -> None:
+    """Autocast does not reach inside vmap: the vmap forward casts itself. Every convolution
+    of a bf16 twin run (forward and backward) takes bf16 inputs, whatever the strategy."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    dtypes: list[torch.dtype] = []
+
+    class Convolutions(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.startswith("convolution"):
+                dtypes.append(args[1].dtype)
+            return func(*args, **(kwargs or {}))
+
+    config = tiny_config.with_options(max_iterations=2)
+    with Convolutions():
+        run = run_fits(twin_specs(size=48), config, [cap_watch(2)],
+                       options=cpu(precision="bf16", strategy=strategy, check_memory=False))  # the estimate's meta net: fp32
+    assert torch.isfinite(run.last_images).all()
+    assert dtypes and set(dtypes) == {torch.bfloat16}, set(dtypes)
+
+
+def test_resolve_strategy_names_the_cuda_choice() -> None:
+    from oscfast.fits import CUDA_STRATEGY, resolve_strategy
+
+    assert resolve_strategy("auto", torch.device("cpu"), 2) == "loop"
+    assert resolve_strategy("auto", torch.device("cuda"), 2) == CUDA_STRATEGY
+    assert resolve_strategy("auto", torch.device("cuda"), 1) == "loop"
+    assert resolve_strategy("vmap", torch.device("cpu"), 1) == "vmap"
+    with pytest.raises(ValueError, match="unknown strategy"):
+        resolve_strategy("fast", torch.device("cpu"), 1)
+
+
+def test_a_capture_that_fails_falls_back_to_eager_with_the_reason(tiny_config: DIPConfig, caplog: pytest.LogCaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import oscfast.engine
+    from oscfast.engine import BatchRun, _graph_or_eager
+
+    monkeypatch.setattr(oscfast.engine, "cuda_graph_unavailable_reason", lambda: None)
+
+    run = BatchRun([([FitSpec(Denoise(noisy_pair(size=48)[0]))], [cap_watch(10)], 0, None)],
+                   tiny_config.with_options(max_iterations=10), options=cpu())
+
+    def capture(_state):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    with caplog.at_level("WARNING", logger="oscfast.engine"):
+        graph, step = _graph_or_eager(run.state, capture)
+    assert graph is None and step == run.state.step
+    assert any("operation not permitted" in r.getMessage() and "eagerly" in r.getMessage() for r in caplog.records)
+
+
+def test_a_closure_or_physics_operator_moves_with_its_task() -> None:
+    """A custom operator's tensors hidden in a closure or in the module behind a bound method
+    (a deepinv Physics' A) move with the task; the caller's objects stay where they were; a
+    tensor that cannot be moved (a global) is named in a ValueError."""
+    from oscfast.engine import _on_device
+    from oscfast.tasks import CustomOperator
+
+    weight = torch.full((1, 3, 1, 1), 0.5)
+
+    def closure(x: torch.Tensor) -> torch.Tensor:
+        return x * weight
+
+    class Physics(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("scale", torch.full((1, 3, 1, 1), 2.0))
+
+        def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802 - deepinv's name
+            return x * self.scale
+
+    meta = torch.device("meta")
+    observation = torch.rand(1, 3, 16, 16)
+    moved = _on_device(CustomOperator(observation, closure, (3, 16, 16)), meta)
+    cell = moved.operator.__closure__[0].cell_contents
+    assert cell.device == meta and weight.device.type == "cpu" and closure.__closure__[0].cell_contents is weight
+    physics = Physics()
+    moved = _on_device(CustomOperator(observation, physics, (3, 16, 16)), meta)
+    assert moved.operator.__self__.scale.device == meta and physics.scale.device.type == "cpu"
+    globals()["_GLOBAL_WEIGHT"] = torch.full((1, 3, 16, 16), 0.5)
+    try:
+        task = CustomOperator(observation, _uses_a_global, (3, 16, 16))
+        with pytest.raises(ValueError, match="cannot move"):
+            _on_device(task, meta)
+    finally:
+        del globals()["_GLOBAL_WEIGHT"]
+
+
+def _uses_a_global(x: torch.Tensor) -> torch.Tensor:
+    return x * _GLOBAL_WEIGHT  # noqa: F821 - set by the test

@@ -11,7 +11,7 @@ from PIL import Image
 from oscfast import restore
 from oscfast.cli import main
 from oscfast.config import DIPConfig, StopConfig
-from oscfast.evaluate import Degradation, evaluate_folder, make_observation
+from oscfast.evaluation.harness import Degradation, evaluate_folder, make_observation
 from oscfast.models import DENOISE_SPEC
 
 from conftest import smooth_image
@@ -31,7 +31,7 @@ def folder(tmp_path: Path) -> Path:
 
 def test_report_matches_direct_restore_and_resumes(folder: Path, tmp_path: Path) -> None:
     report = tmp_path / "out" / "report.md"
-    degradation = Degradation(task="denoise", sigma=25, size=64)
+    degradation = Degradation(task="denoise", options={"sigma": 25 / 255}, size=64)
     evaluate_folder(folder, report, degradation, config=CONFIG, device="cpu", progress=False)
     text = report.read_text()
     assert text.count("| photo") == 3 and "broken.png" in text and "## Summary per rule" in text

@@ -44,9 +44,10 @@ from PIL import Image  # noqa: E402
 import oscfast  # noqa: E402
 import oscfast.models  # noqa: E402
 from oscfast.config import DIPConfig, StopConfig  # noqa: E402
-from oscfast.degradations import TASKS as DEGRADE_TASKS  # noqa: E402
 from oscfast.models import DENOISE_SPEC  # noqa: E402
-from oscfast.tasks import TASK_OPTIONS  # noqa: E402
+from oscfast.tasks import TASKS  # noqa: E402
+
+DEGRADE_TASKS = {name: cls.degrade_options for name, cls in TASKS.items() if cls.degrade_options}  # noqa: E305
 
 # ------------------------------------------------------------------------------ profiles
 
@@ -486,7 +487,7 @@ def task_cases(draw: st.DrawFn) -> tuple[np.ndarray, Any, dict[str, Any]]:
         "quality": numbers_with(1, 10, 50, 95, 100, 101, 50.0, low=-5, high=120),
     }
     # the task's options that restore() takes as keywords (the JPEG tables are read from the file)
-    applicable = sorted(set(TASK_OPTIONS.get(task, ())) & set(option_values)) if isinstance(task, str) else []
+    applicable = sorted(set(TASKS[task].options if task in TASKS else ()) & set(option_values)) if isinstance(task, str) else []
     names = draw(st.lists(st.sampled_from(applicable), unique=True, max_size=3)) if applicable else []
     if draw(st.integers(0, 9)) == 0:  # now and then an option that does not apply
         names.append(draw(st.sampled_from(sorted(option_values))))

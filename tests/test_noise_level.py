@@ -9,6 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from oscfast import jpeg_error as je
+from oscfast import jpeg_files as jf
 from oscfast import noise_level as nl
 from oscfast.tasks import observation_noise_level
 
@@ -114,7 +116,7 @@ def test_dispatcher():
 def test_tables_for_quality_match_pillow(quality):
     _, raw = jpeg_round_trip(photo(16), quality)
     saved = Image.open(io.BytesIO(raw)).quantization
-    expected = nl.jpeg_tables_for_quality(quality)
+    expected = jf.jpeg_tables_for_quality(quality)
     assert sorted(saved) == sorted(expected) == [0, 1]
     for index in saved:
         assert list(saved[index]) == expected[index].tolist()
@@ -124,17 +126,17 @@ def test_quantization_and_subsampling_readers(tmp_path):
     _, raw = jpeg_round_trip(photo(32), 30, subsampling=1)
     path = tmp_path / "x.jpg"
     path.write_bytes(raw)
-    tables = nl.jpeg_quantization(path)
-    assert tables[1].tolist() == nl.jpeg_tables_for_quality(30)[1].tolist()
-    assert nl.jpeg_subsampling(str(path)) == 1
+    tables = jf.jpeg_quantization(path)
+    assert tables[1].tolist() == jf.jpeg_tables_for_quality(30)[1].tolist()
+    assert jf.jpeg_subsampling(str(path)) == 1
     with Image.open(path) as opened:
-        assert nl.jpeg_quantization(opened)[0].tolist() == tables[0].tolist()
+        assert jf.jpeg_quantization(opened)[0].tolist() == tables[0].tolist()
     png = tmp_path / "x.png"
     Image.fromarray(photo(32)).save(png)
-    assert nl.jpeg_quantization(png) is None
-    assert nl.jpeg_subsampling(png.read_bytes()) is None
+    assert jf.jpeg_quantization(png) is None
+    assert jf.jpeg_subsampling(png.read_bytes()) is None
     with pytest.raises(ValueError, match="no such file"):
-        nl.jpeg_quantization(tmp_path / "missing.jpg")
+        jf.jpeg_quantization(tmp_path / "missing.jpg")
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,8 +147,8 @@ def test_jpeg_estimate_near_true_error_colour(quality):
     clean = photo(128)
     decoded, raw = jpeg_round_trip(clean, quality)
     truth = float(np.sqrt(np.mean((decoded - clean / 255.0) ** 2)))
-    tables, subsampling = nl.jpeg_quantization(raw), nl.jpeg_subsampling(raw)
-    estimate = nl.jpeg_noise_level(decoded, tables, subsampling=subsampling)
+    tables, subsampling = jf.jpeg_quantization(raw), jf.jpeg_subsampling(raw)
+    estimate = je.jpeg_noise_level(decoded, tables, subsampling=subsampling)
     assert estimate == pytest.approx(truth, rel=0.2)
     # The historical estimator sees almost none of it.
     assert nl.donoho_noise_level(decoded) < 0.5 * truth
@@ -157,34 +159,34 @@ def test_jpeg_estimate_near_true_error_gray(quality):
     clean = photo(128, gray=True)
     decoded, raw = jpeg_round_trip(clean, quality)
     truth = float(np.sqrt(np.mean((decoded - clean / 255.0) ** 2)))
-    estimate = nl.jpeg_noise_level(decoded, nl.jpeg_quantization(raw))
+    estimate = je.jpeg_noise_level(decoded, jf.jpeg_quantization(raw))
     assert estimate == pytest.approx(truth, rel=0.15)
 
 
 def test_jpeg_budget_terms():
     clean = photo(128)
     decoded, raw = jpeg_round_trip(clean, 30, subsampling=0)
-    tables = nl.jpeg_quantization(raw)
-    full = nl.jpeg_error_budget(decoded, tables, subsampling=0)
+    tables = jf.jpeg_quantization(raw)
+    full = je.jpeg_error_budget(decoded, tables, subsampling=0)
     assert full.subsampling == 0.0
     assert full.lattice_fit > 0.7
     assert full.total == pytest.approx(full.luma + full.chroma + full.rounding)
     assert full.rms == pytest.approx(np.sqrt(full.total))
     truth = float(np.sqrt(np.mean((decoded - clean / 255.0) ** 2)))
     assert full.rms == pytest.approx(truth, rel=0.2)
-    subsampled = nl.jpeg_error_budget(decoded, tables, subsampling=2)
+    subsampled = je.jpeg_error_budget(decoded, tables, subsampling=2)
     assert subsampled.subsampling > 0.0
-    without = nl.jpeg_noise_level(decoded, tables, subsampling=2, include_subsampling=False)
+    without = je.jpeg_noise_level(decoded, tables, subsampling=2, include_subsampling=False)
     assert without == pytest.approx(np.sqrt(subsampled.total - subsampled.subsampling))
 
 
 def test_jpeg_zigzag_tables_give_the_same_estimate():
     decoded, raw = jpeg_round_trip(photo(64), 20)
-    natural = nl.jpeg_quantization(raw)
-    zigzag = {k: v[nl._ZIGZAG] for k, v in natural.items()}
-    expected = nl.jpeg_noise_level(decoded, natural)
-    assert nl.jpeg_noise_level(decoded, zigzag, order="zigzag") == expected
-    assert nl.jpeg_noise_level(decoded, zigzag) != expected
+    natural = jf.jpeg_quantization(raw)
+    zigzag = {k: v[jf._ZIGZAG] for k, v in natural.items()}
+    expected = je.jpeg_noise_level(decoded, natural)
+    assert je.jpeg_noise_level(decoded, zigzag, order="zigzag") == expected
+    assert je.jpeg_noise_level(decoded, zigzag) != expected
 
 
 def test_jpeg_estimate_grows_with_compression():
@@ -192,7 +194,7 @@ def test_jpeg_estimate_grows_with_compression():
     levels = []
     for quality in (90, 50, 10):
         decoded, raw = jpeg_round_trip(clean, quality)
-        levels.append(nl.jpeg_noise_level(decoded, nl.jpeg_quantization(raw)))
+        levels.append(je.jpeg_noise_level(decoded, jf.jpeg_quantization(raw)))
     assert levels[0] < levels[1] < levels[2]
 
 
@@ -201,15 +203,15 @@ def test_jpeg_resized_image_flags_poor_lattice_fit(caplog):
     pil = Image.fromarray(np.uint8(np.rint(decoded * 255)))
     resized = np.asarray(pil.resize((120, 120), Image.BILINEAR)) / 255.0
     with caplog.at_level(logging.WARNING, logger="oscfast.noise_level"):
-        budget = nl.jpeg_error_budget(resized, nl.jpeg_quantization(raw))
+        budget = je.jpeg_error_budget(resized, jf.jpeg_quantization(raw))
     assert budget.lattice_fit < 0.5
     assert "lattice" in caplog.text
 
 
 def test_dispatcher_jpeg():
     decoded, raw = jpeg_round_trip(photo(64), 25)
-    tables = nl.jpeg_quantization(raw)
-    expected = nl.jpeg_noise_level(decoded, tables)
+    tables = jf.jpeg_quantization(raw)
+    expected = je.jpeg_noise_level(decoded, tables)
     assert nl.estimate_noise_level(decoded, method="jpeg", tables=tables) == expected
 
 
@@ -238,29 +240,29 @@ def test_too_small_raises():
     with pytest.raises(ValueError, match="at least 9x9"):
         nl.pca_noise_level(np.zeros((8, 40)))
     with pytest.raises(ValueError, match="at least 16x16"):
-        nl.jpeg_noise_level(np.zeros((8, 8, 3)), nl.jpeg_tables_for_quality(50))
+        je.jpeg_noise_level(np.zeros((8, 8, 3)), jf.jpeg_tables_for_quality(50))
 
 
 def test_bad_jpeg_arguments_raise():
-    tables = nl.jpeg_tables_for_quality(50)
+    tables = jf.jpeg_tables_for_quality(50)
     image = photo(32) / 255.0
     with pytest.raises(ValueError, match="1 or 3 channels"):
-        nl.jpeg_noise_level(image[..., :2], tables)
+        je.jpeg_noise_level(image[..., :2], tables)
     with pytest.raises(ValueError, match="NaN"):
-        nl.jpeg_noise_level(np.full((32, 32, 3), np.nan), tables)
+        je.jpeg_noise_level(np.full((32, 32, 3), np.nan), tables)
     with pytest.raises(ValueError, match="64 numbers"):
-        nl.jpeg_noise_level(image, {0: list(range(1, 64))})
+        je.jpeg_noise_level(image, {0: list(range(1, 64))})
     with pytest.raises(ValueError, match="outside 1..65535"):
-        nl.jpeg_noise_level(image, {0: [0] * 64})
+        je.jpeg_noise_level(image, {0: [0] * 64})
     with pytest.raises(ValueError, match="non-empty dict"):
-        nl.jpeg_noise_level(image, {})
+        je.jpeg_noise_level(image, {})
     with pytest.raises(ValueError, match="subsampling must be"):
-        nl.jpeg_noise_level(image, tables, subsampling=3)
+        je.jpeg_noise_level(image, tables, subsampling=3)
     with pytest.raises(ValueError, match="order must be"):
-        nl.jpeg_noise_level(image, tables, order="columns")
+        je.jpeg_noise_level(image, tables, order="columns")
     for quality in (0, 101, 2.5):
         with pytest.raises(ValueError, match="quality"):
-            nl.jpeg_tables_for_quality(quality)
+            jf.jpeg_tables_for_quality(quality)
 
 
 def test_bad_dispatcher_arguments_raise():

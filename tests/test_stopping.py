@@ -1,7 +1,9 @@
 """Stop rules behind one protocol (method.md sections 3-8) and the pseudo-noise probe."""
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,10 +24,13 @@ from oscfast.stopping import (
     StopRule,
     WMVRule,
     curvature_standard_error,
+    mean_standard_error,
     trailing_mean,
 )
 
 from conftest import SHARED
+
+RECORDED = Path(__file__).resolve().parents[1] / "bench" / "results" / "paper" / "mini"
 
 
 def knee_curve(n: int = 900, knee: int = 400, slope: float = 1e-3, seed: int = 0, jitter: float = 1e-5) -> np.ndarray:
@@ -113,6 +118,8 @@ def _rules(cap: int) -> list[StopRule]:
         EMVRule(max_iterations=cap, patience=50, warmup=10),
         PlateauRule(max_iterations=cap, level_db=30, patience=20),
         CapRule(max_iterations=cap),
+        RiskRule(0.02, max_iterations=cap, min_patience=20, wait="evidence", min_wait=10, jitter_window=150),
+        KneeRule(max_iterations=cap, half_window=30, patience=30, wait="evidence", min_wait=10, jitter_window=100),
     ]
 
 
@@ -134,7 +141,7 @@ def _signals(cap: int) -> dict[str, np.ndarray]:
     }
 
 
-@pytest.mark.parametrize("index", range(7))
+@pytest.mark.parametrize("index", range(9))
 def test_every_rule_follows_the_protocol(index: int) -> None:
     """Each rule: is a StopRule, reads only what it declares, decides the same whatever the
     chunking, and a state_dict taken midway resumes to the same decision; reset forgets."""
@@ -372,3 +379,185 @@ def test_recorded_denoising_curves_reach_95_percent() -> None:
         assert rule.decision.should_stop
         assert data["psnr_ema"][rule.decision.iteration] / data["psnr_ema"].max() >= 0.95, name
         assert math.isfinite(rule.best_curvature)
+
+
+# -- the evidence wait (issue 18) ----------------------------------------------------------------
+def _alternating_u(cap: int, minimum: int, curvature: float, jitter: float) -> np.ndarray:
+    """A parabola with its minimum at ``minimum`` plus a +-jitter alternation: the parabola is
+    the trend every window of :func:`mean_standard_error` removes exactly, the alternation is
+    the noise, and the 25-mean of it is +-jitter / 25: every threshold is known in advance."""
+    s = np.arange(cap, dtype=float)
+    return 1.0 + curvature * (s - minimum) ** 2 + jitter * (-1.0) ** s
+
+
+def test_mean_standard_error_by_batch_means() -> None:
+    """White noise: the standard error of a 25-mean is sigma / 5; correlated noise (AR(1),
+    rho = 0.8): larger than the white formula, as the batch means see the correlation; a
+    parabola is trend, not noise; too few blocks: NaN."""
+    rng = np.random.default_rng(0)
+    s = np.arange(2000.0)
+    white = rng.normal(0.0, 0.5, s.size)
+    assert mean_standard_error(3e-6 * (s - 700) ** 2 + white, 25) == pytest.approx(0.5 / 5, rel=0.1)
+    assert mean_standard_error(3e-6 * (s - 700) ** 2, 25) < 1e-9
+    ar = np.zeros(s.size)
+    for t in range(1, s.size):
+        ar[t] = 0.8 * ar[t - 1] + 0.3 * white[t]
+    white_formula = float(np.std(ar)) / 5
+    assert mean_standard_error(ar, 25) > 2 * white_formula
+    assert math.isnan(mean_standard_error(white[:149], 25))
+
+
+def test_risk_evidence_wait_stops_where_the_rise_becomes_significant() -> None:
+    """The rise threshold is z sqrt(2) SE, SE the batch-means error of the 25-mean: +-a / 25
+    for the alternation, times sqrt(B / (B - 3)) for the B = 16 blocks of a 400-iteration
+    window (the parabola is trend). The rule stops at the first iteration after t* +
+    min_wait where the smoothed risk is that far above its running minimum."""
+    cap, minimum, k, a = 3000, 700, 1e-8, 1e-3
+    risk = _alternating_u(cap, minimum, k, a)
+    rule = RiskRule(0.0, max_iterations=cap, outputs=("raw",), wait="evidence", rise_significance=3.0,
+                    min_wait=25, jitter_window=400)
+    feed(rule, 25, loss=risk, p=np.zeros(cap))
+    decision = rule.decision
+    assert abs(decision.iteration - minimum) <= 1 and decision.should_stop
+    threshold = 3.0 * math.sqrt(2.0) * (a / 25) * math.sqrt(16 / 13)
+    assert rule.rise_threshold()[decision.stop_iteration - 1] == pytest.approx(threshold, rel=0.02)
+    smoothed = trailing_mean(risk, 25)
+    rise = smoothed - np.fmin.accumulate(np.nan_to_num(smoothed, nan=np.inf))
+    after = np.arange(cap) >= decision.iteration + 25
+    predicted = int(np.argmax(after & (rise >= threshold)))
+    assert predicted > decision.iteration + 100  # well after the minimum wait: the test decided
+    assert abs(decision.stop_iteration - 1 - predicted) <= 2
+    fixed = RiskRule(0.0, max_iterations=cap, outputs=("raw",))
+    feed(fixed, 25, loss=risk, p=np.zeros(cap))
+    assert fixed.decision.iteration == decision.iteration
+    assert fixed.decision.stop_iteration == decision.iteration + math.ceil(0.5 * decision.iteration) + 1
+    assert decision.stop_iteration < fixed.decision.stop_iteration
+
+
+def test_risk_evidence_wait_ignores_rises_below_the_threshold() -> None:
+    """A flatter parabola with 10x the jitter: its rise within the fixed wait (k 350^2 plus
+    the alternation's 2a / 25: 1.4e-3) stays under the threshold (1.9e-3), so the rule waits
+    the fixed wait, its longest, and chooses the same iteration. (A step is no test case: a jump inside the
+    jitter window is not a parabola and inflates the standard error, docs/twin-probe.md.)"""
+    cap, minimum, k, a = 3000, 700, 5e-9, 1e-2
+    risk = _alternating_u(cap, minimum, k, a)
+    rule = RiskRule(0.0, max_iterations=cap, outputs=("raw",), wait="evidence", min_wait=25)
+    feed(rule, 25, loss=risk, p=np.zeros(cap))
+    decision = rule.decision
+    threshold = 3.0 * math.sqrt(2.0) * (a / 25) * math.sqrt(16 / 13)
+    assert k * 350**2 + 2 * a / 25 < 0.8 * threshold and abs(decision.iteration - minimum) <= 1
+    assert decision.stop_iteration == decision.iteration + math.ceil(0.5 * decision.iteration) + 1
+    needed = rule.rise_threshold()
+    assert np.nanmin(needed) == pytest.approx(threshold, rel=0.02)
+
+
+def test_risk_evidence_wait_waits_for_every_output() -> None:
+    """The averaged output's risk lags the raw one's and takes over with a lower minimum: the
+    raw risk's significant rise after 400 does not stop the rule while the averaged one
+    still falls; it stops just after the averaged minimum (its jitter is tiny)."""
+    cap = 2000
+    raw = _alternating_u(cap, 400, 1e-6, 1e-4)
+    ema = _alternating_u(cap, 520, 1e-6, 1e-5) - 0.01
+    rule = RiskRule(1.0, max_iterations=cap, wait="evidence", min_wait=25)
+    zeros = np.zeros(cap)
+    feed(rule, 25, loss=raw, loss_ema=ema, p=zeros, p_ema=zeros)
+    decision = rule.decision
+    assert decision.output == "ema" and abs(decision.iteration - 520) <= 1
+    assert decision.iteration + 25 < decision.stop_iteration <= decision.iteration + 50
+
+
+def test_knee_evidence_wait_confirms_a_significant_rise_early() -> None:
+    """After a clear knee the evidence wait stops min_wait centres after t* is seen (t* + L +
+    min_wait), not t* + L + patience; the choice is the fixed wait's."""
+    p = knee_curve(1600, 400, 5e-4, seed=2, jitter=2e-3)
+    fixed = KneeRule(max_iterations=p.size, half_window=100)
+    evidence = KneeRule(max_iterations=p.size, half_window=100, wait="evidence", min_wait=25)
+    feed(fixed, 25, p=p)
+    feed(evidence, 25, p=p)
+    assert fixed.decision.iteration == evidence.decision.iteration
+    chosen = evidence.decision.iteration
+    assert fixed.decision.stop_iteration == chosen + 200 + 1
+    assert evidence.decision.stop_iteration == chosen + 100 + 25 + 1
+    assert evidence.rise_threshold()[evidence.decision.stop_iteration - 1] >= 0.05  # the floor, min_rise
+
+
+def test_knee_evidence_wait_needs_a_significant_rise() -> None:
+    """With the fixed path out of reach (min_rise 0, patience beyond the cap) the test alone
+    decides: at z = 3 the rise after the knee is significant at the earliest stop (t* + L +
+    min_wait); at z = 10 it is not yet, and the rule stops where the smoothed P first clears
+    the threshold. A bump in a flat, jittery P never stops it (dropped at the cap)."""
+    s = np.arange(1600)
+    p = np.where(s < 400, 0.0, (s - 400) * 1e-4) + np.random.default_rng(1).normal(0, 0.005, s.size)
+    stops = {}
+    for z in (3.0, 10.0):
+        rule = KneeRule(max_iterations=s.size, half_window=100, min_rise=0.0, patience=2000, wait="evidence",
+                        rise_significance=z, min_wait=25)
+        feed(rule, 25, p=p)
+        stops[z] = rule.decision
+    assert stops[3.0].iteration == stops[10.0].iteration and abs(stops[3.0].iteration - 404) <= 15
+    chosen = stops[3.0].iteration
+    assert stops[3.0].stop_iteration == chosen + 100 + 25 + 1
+    stop = stops[10.0].stop_iteration - 1
+    assert stop > chosen + 100 + 25 + 50
+    pbar = trailing_mean(p, rule.smoothing)
+    needed = rule.rise_threshold()
+    cleared = (pbar - pbar[chosen] >= np.nan_to_num(needed, nan=np.inf)) & (np.arange(s.size) >= chosen + 125)
+    assert stop == int(np.argmax(cleared))
+    rng = np.random.default_rng(1)
+    bump = 0.01 * np.exp(-(((np.arange(600) - 200) / 20.0) ** 2)) + rng.normal(0, 1e-3, 600)
+    flat = KneeRule(max_iterations=600, half_window=50, significance=0.0, wait="evidence", min_wait=25)
+    feed(flat, 25, p=bump)
+    assert not flat.decision.should_stop and flat.decision.iteration == 599
+
+
+def test_wait_options_are_checked(caplog: pytest.LogCaptureFixture) -> None:
+    """Bad names and sizes raise; a jitter window too short for the smoothing warns, and then
+    the fixed wait decides (the same stop as wait="fixed")."""
+    with pytest.raises(ValueError, match="unknown wait"):
+        RiskRule(1.0, max_iterations=100, wait="soon")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="jitter_window"):
+        RiskRule(1.0, max_iterations=100, wait="evidence", jitter_window=5)
+    p = knee_curve(900, 400, 1e-3, jitter=1e-4)
+    with caplog.at_level("WARNING", logger="oscfast.stopping"):
+        short = KneeRule(max_iterations=p.size, half_window=50, smoothing=10, wait="evidence", jitter_window=50)
+    assert "fewer than 6 smoothing windows" in caplog.text
+    fixed = KneeRule(max_iterations=p.size, half_window=50, smoothing=10)
+    feed(short, 25, p=p)
+    feed(fixed, 25, p=p)
+    assert (short.decision.iteration, short.decision.stop_iteration) == (fixed.decision.iteration, fixed.decision.stop_iteration)
+    from oscfast.config import StopConfig
+
+    with pytest.raises(ValueError, match="unknown wait"):
+        StopConfig(wait="soon")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="jitter_window"):
+        StopConfig(jitter_window=5)
+
+
+def _replay(stem: str, wait: str) -> tuple[int | None, int | None]:
+    """The default rule of a recorded run (bench/results/paper/mini), fed as the engine feeds it."""
+    payload = json.loads((RECORDED / f"{stem}.json").read_text())
+    traces = np.load(RECORDED / f"{stem}.npz")
+    cap = payload["cap"]
+    twin = {name: traces[name][1].astype(np.float64) - traces[name][0] for name in ("p", "p_ema")}
+    if payload["experiment"]["task"] == "denoise":
+        constants = risk_constants("twin", noise_level=payload["noise_level"], probe_std=0.04, rho=payload["rho"])
+        rule: StopRule = RiskRule(constants.weight, constants.offset, max_iterations=cap, wait=wait, min_wait=25)
+        signals = {"loss": traces["loss"][0], "loss_ema": traces["loss_ema"][0], **twin}
+    else:
+        rule = KneeRule(max_iterations=cap, output="ema", wait=wait, min_wait=25)
+        signals = {"p": twin["p"]}
+    for start in range(0, cap, 25):
+        rule.update(Signals(start, {k: np.asarray(v[start : start + 25], dtype=np.float64) for k, v in signals.items()}))
+        if rule.decision.should_stop:
+            break
+    return rule.decision.iteration, rule.decision.stop_iteration
+
+
+@pytest.mark.skipif(not (RECORDED / "f16-s0.npz").is_file(), reason="recorded runs absent")
+@pytest.mark.parametrize(("stem", "chosen", "stopped"), [("f16-s0", 722, 1084), ("library-s0", 464, 1265), ("vase-s0", 401, 1202)])
+def test_fixed_wait_reproduces_the_recorded_stops_and_evidence_keeps_the_choice(stem: str, chosen: int, stopped: int) -> None:
+    """The fixed waits stop where issue 18 measured them (risk: t* + 0.5 t*; knee: t* + 2L);
+    the evidence wait chooses the same iteration and stops earlier."""
+    assert _replay(stem, "fixed") == (chosen, stopped)
+    iteration, stop = _replay(stem, "evidence")
+    assert iteration == chosen and stop is not None and chosen < stop < stopped

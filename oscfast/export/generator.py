@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,7 +14,6 @@ from oscfast.export.graph import ExportFormat, check_format, write_graph
 from oscfast.fits import without_running_stats
 
 if TYPE_CHECKING:  # pragma: no cover
-    from oscfast.api import Restoration
     from oscfast.engine import GeneratorSnapshot
 
 __all__ = ["FittedGenerator", "export_result"]
@@ -51,19 +50,23 @@ class FittedGenerator(nn.Module):
         return out[:, :, self.top : self.top + self.height, self.left : self.left + self.width]
 
 
-def export_result(result: Restoration, path: str | Path, *, format: ExportFormat = "onnx") -> Path:
+def export_result(result: Any, path: str | Path, *, format: ExportFormat = "onnx") -> Path:
     """Export the generator of a finished restoration, fitted up to ``result.stop_iteration``.
 
     Running the exported graph (no inputs) gives the raw output of that iteration,
     ``result.raw_image`` (as (1, C, H, W) instead of HxWxC), also when the result returned
     the exponential average (``output="ema"``), which no single network state produces, and
-    before the task's finishing (clipping, known pixels put back). The network is not stored
-    in the result, so it is rebuilt by re-running the returned fit alone to that iteration with
-    the same task, configuration and seed (with the twin probe the returned fit is the plain one,
-    which does not depend on its twin): this costs ``stop_iteration + 1`` more iterations of one
-    fit. The rebuild always runs eagerly: CPU runs reproduce the result exactly; on CUDA the
-    rebuilt generator is compared with the result and the export is refused when they differ by
-    more than ``1e-3`` (a warning is given above ``1e-4``).
+    before the task's finishing (clipping, known pixels put back). The run keeps the returned
+    fit's state at its last sync before that iteration (``result.resume_point``: weights, Adam
+    state, reg-noise state); the export continues that fit alone, eagerly, for the few
+    iterations up to ``stop_iteration`` (fewer than ``sync_every``). Without a resume point (a
+    result resumed from a checkpoint after that iteration, or one made without) the fit is
+    re-run alone from iteration 0 with the same task, configuration and seed (with the twin
+    probe the returned fit is the plain one, which does not depend on its twin). CPU runs
+    reproduce the result exactly either way; on CUDA the eager steps are not bitwise those of
+    the run (a graph, vmap over the fits), so the rebuilt generator is compared with the result
+    and the export is refused when they differ by more than ``1e-3`` (a warning is given above
+    ``1e-4``).
 
     Args:
         result: what :func:`oscfast.restore` returned.
@@ -94,9 +97,13 @@ def export_result(result: Restoration, path: str | Path, *, format: ExportFormat
         )
     plan = plan_restoration(result.task_object, result.config, result.stop_config, seed=result.seed)
     returned: FitSpec = plan.fits[plan.watch.fit]
-    options = replace(result.engine_options, cuda_graph=False, progress=False, check_memory=False)
+    options = replace(result.engine_options, cuda_graph=False, progress=False, check_memory=False,
+                      keep_resume_points=False)
+    point = getattr(result, "resume_point", None)
+    if point is not None and point.iteration > int(result.stop_iteration):
+        point = None
     record = run_fits([returned], result.config, [Watch(plan.watch.rule)], options=options,
-                      snapshot_iteration=int(result.stop_iteration))
+                      snapshot_iteration=int(result.stop_iteration), resume_from=point)
     snapshot = record.generator_snapshot
     assert snapshot is not None
     generator = FittedGenerator(snapshot)
@@ -124,6 +131,7 @@ def export_result(result: Restoration, path: str | Path, *, format: ExportFormat
     metadata = {
         "oscfast.graph": "fitted_generator",
         "oscfast.iteration": str(snapshot.iteration),
+        "oscfast.rebuilt_from_iteration": str(point.iteration if point is not None else 0),
         "oscfast.task": str(result.task),
         "oscfast.seed": str(result.seed),
         "oscfast.image_shape": ",".join(str(v) for v in expected.shape[1:]),

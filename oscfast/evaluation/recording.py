@@ -38,12 +38,15 @@ PLAIN, PROBED = 0, 1
 
 @dataclass(frozen=True)
 class Candidate:
-    """A rule to watch: its label, probe kind and rule name, with option overrides."""
+    """A rule to watch: its label, probe kind and rule name, with option overrides; ``noise``
+    says which noise level a risk rule reads in replays ("task": the task's estimate, as in a
+    run; "jpeg": from the quantisation tables)."""
 
     label: str
     probe: str
     rule: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    noise: str = "task"
 
 
 def candidate_rules(task_name: str) -> list[Candidate]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +19,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from oscfast import degradations as dg
 from oscfast import io
-from oscfast.api import resolve_device
+from oscfast.prepare import resolve_device
 from oscfast.config import DIPConfig, StopConfig
 from oscfast.engine import EngineOptions
-from oscfast.evaluation import candidate_rules, record, save_run
-from oscfast.files import check_writable, write_text_atomic
+from oscfast.evaluation.recording import candidate_rules, record, save_run
+from oscfast.checks import check_writable_file
+from oscfast.files import write_text_atomic
 from oscfast.metrics import psnr_torch, psnr_y_torch
 from oscfast.presets import get_preset
-from oscfast.report import load_runs, markdown_report, plot_run
-from oscfast.tasks import build_task
+from oscfast.evaluation.report import load_runs, markdown_report, plot_run
+from oscfast.tasks import build_task, task_class
 
 __all__ = ["Degradation", "evaluate_folder", "image_files", "make_observation", "run_evaluate"]
 
@@ -41,28 +41,26 @@ SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 @dataclass(frozen=True)
 class Degradation:
-    """How to make the observation of a clean image (the ``oscfast evaluate`` options)."""
+    """How to make the observation of a clean image: the task, the options of its
+    :func:`oscfast.degrade` (e.g. ``{"sigma": 25 / 255}`` for denoise, ``{"sigma": 1.5,
+    "noise": 0.01}`` for deblur) and the long side the clean image is resized to."""
 
     task: str = "denoise"
-    sigma: float = 25.0  # denoise, 8-bit units
-    quality: int = 10  # jpeg
-    factor: int = 4  # super_resolution
-    mask_kind: str = "text"  # inpaint: "text" or "random"
-    keep: float = 0.5  # restore_pixels (and inpaint with a random mask)
-    blur_sigma: float = 1.5  # deblur, with 1% noise
-    size: int = 128  # long side the clean image is resized to
+    options: Mapping[str, Any] = field(default_factory=dict)
+    size: int = 128
 
     def describe(self) -> str:
         """One line for the report."""
-        details = {
-            "denoise": f"Gaussian noise sigma {self.sigma:g}/255, clipped",
-            "jpeg": f"JPEG quality {self.quality}",
-            "super_resolution": f"x{self.factor} (PIL Lanczos downsampling)",
-            "inpaint": f"{self.mask_kind} mask",
-            "restore_pixels": f"{100 * self.keep:g}% of the pixels kept",
-            "deblur": f"Gaussian blur sigma {self.blur_sigma:g} px + 1% noise",
-        }
-        return f"{self.task}: {details[self.task]}, long side {self.size} px"
+        details = ", ".join(f"{key} {_short(value)}" for key, value in sorted(self.options.items())) or "defaults"
+        return f"{self.task}: {details}, long side {self.size} px"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, np.ndarray):
+        return f"array {value.shape}"
+    return str(value)
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -92,30 +90,13 @@ def _resize(image: np.ndarray, size: int, multiple: int) -> np.ndarray:
 
 
 def make_observation(clean_image: np.ndarray, degradation: Degradation, *, seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(observation, clean, task options) for one clean image (resized first)."""
-    d = degradation
-    multiple = d.factor * 8 if d.task == "super_resolution" else 1
-    clean = _resize(clean_image, d.size, multiple)
-    if d.task == "denoise":
-        return dg.add_gaussian_noise(clean, d.sigma / 255, seed=seed), clean, {}
-    if d.task == "jpeg":
-        return dg.jpeg_compress(clean, d.quality), clean, {}
-    if d.task == "super_resolution":
-        return dg.downsample(clean, d.factor), clean, {"factor": d.factor}
-    if d.task == "deblur":
-        blurred = np.clip(dg.blur(clean, sigma=d.blur_sigma), 0, 1)
-        return dg.add_gaussian_noise(blurred, 0.01, seed=seed), clean, {"blur_sigma": d.blur_sigma}
-    if d.task == "inpaint":
-        if d.mask_kind == "random":
-            mask = dg.random_pixel_mask(clean.shape[:2], keep=d.keep, seed=seed)
-            observation = dg.apply_mask(clean, mask)
-        else:
-            observation, mask = dg.degrade(clean, "inpaint", seed=seed)
-        return observation, clean, {"mask": mask}
-    if d.task == "restore_pixels":
-        observation, mask = dg.degrade(clean, "restore_pixels", keep=d.keep, seed=seed)
-        return observation, clean, {"mask": mask}
-    raise ValueError(f"unknown task {d.task!r}")
+    """(observation, clean, task options) for one clean image (resized first; for a task with
+    a scale factor, to a multiple of 8 x factor)."""
+    cls = task_class(degradation.task)
+    multiple = int(degradation.options.get("factor", 4)) * 8 if "factor" in cls.degrade_options else 1
+    clean = _resize(clean_image, degradation.size, multiple)
+    observation, options = cls.observe(clean, seed=seed, **degradation.options)
+    return observation, clean, options
 
 
 def evaluate_folder(
@@ -138,7 +119,7 @@ def evaluate_folder(
     Raises:
         ValueError: an empty or missing folder, a report path that cannot be written.
     """
-    report = check_writable(report, suffixes=(".md",), what="report")
+    report = check_writable_file(report, suffixes=(".md",), what="report")
     files = image_files(folder)
     runs_dir = report.with_name(f"{report.stem}_runs")
     figures = report.with_name(f"{report.stem}_figures")
@@ -186,12 +167,25 @@ def evaluate_folder(
     return report
 
 
+def _degrade_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The command line's degradation flags as the options of the task's :func:`oscfast.degrade`."""
+    takes = task_class(args.task).degrade_options
+    flags = {
+        "sigma": args.blur_sigma if "kernel" in takes else args.sigma / 255,  # blur width, or noise in 8-bit units
+        "noise": 0.01,
+        "quality": args.quality,
+        "factor": args.factor,
+        "keep": args.keep if args.mask_kind == "random" or "channels" in takes else None,
+    }
+    options = {name: value for name, value in flags.items() if name in takes and value is not None}
+    if "clip" in takes:
+        options["clip"] = True
+    return options
+
+
 def run_evaluate(args: argparse.Namespace) -> Path:
     """The ``oscfast evaluate`` command (see ``oscfast evaluate --help``)."""
-    degradation = Degradation(
-        task=args.task, sigma=args.sigma, quality=args.quality, factor=args.factor, mask_kind=args.mask_kind,
-        keep=args.keep, blur_sigma=args.blur_sigma, size=args.size,
-    )
+    degradation = Degradation(task=args.task, options=_degrade_options(args), size=args.size)
     labels = None
     if args.rules:
         known = {c.label for c in candidate_rules(args.task)}

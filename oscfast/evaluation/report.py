@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from oscfast.evaluation import PLAIN, PROBED, RuleOutcome, oracle, outcome
+from oscfast.evaluation.recording import PLAIN, PROBED, RuleOutcome, oracle, outcome
 
 __all__ = ["load_runs", "rule_outcomes", "run_rows", "summary_rows", "markdown_report", "plot_run"]
 
@@ -188,11 +188,9 @@ def markdown_report(runs: Sequence[Mapping[str, Any]], *, title: str, header: st
 def plot_run(run: Mapping[str, Any], path: Path, *, labels: Sequence[str] = ("default", "inline-paper", "es-wmv", "es-emv")) -> Path:
     """A figure like the paper's Figure 1: normalised P (inline and twin), the PSNR of both runs,
     each rule's choice and stop marked."""
-    import matplotlib
+    from oscfast.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     traces = run["traces"]
     outcomes = rule_outcomes(run)
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
@@ -216,9 +214,4 @@ def plot_run(run: Mapping[str, Any], path: Path, *, labels: Sequence[str] = ("de
     for axis in (top, bottom):
         axis.legend(fontsize=6, loc="best")
     bottom.set_xlabel("iteration (solid: choice, dotted: stop)")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=100)
