@@ -13,14 +13,14 @@ from oscfast.kernels.chord import chord_frame_curvature
 __all__ = ["chord_curvature_reference", "trailing_mean"]
 
 
-def trailing_mean(p: np.ndarray, window: int) -> np.ndarray:
+def trailing_mean(p: np.ndarray, window: int, *, partial: bool = True) -> np.ndarray:
     """Trailing mean Pbar_t = mean(P[max(0, t-w+1) .. t]) (method.md section 4, step 1).
-
-    For t < w-1 it averages the points available so far.
 
     Args:
         p: 1-D curve.
         window: w >= 1.
+        partial: for t < w-1 average the points available so far (the knee's smoothing); False
+            gives NaN there instead (the risk rule compares only full windows).
 
     Returns:
         float64 array of the same length.
@@ -28,13 +28,18 @@ def trailing_mean(p: np.ndarray, window: int) -> np.ndarray:
     Example:
         >>> trailing_mean(np.array([1.0, 3.0, 5.0, 7.0]), 2).tolist()
         [1.0, 2.0, 4.0, 6.0]
+        >>> trailing_mean(np.array([1.0, 3.0, 5.0, 7.0]), 2, partial=False).tolist()
+        [nan, 2.0, 4.0, 6.0]
     """
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     p = np.asarray(p, dtype=np.float64)
-    out = np.empty_like(p)
-    for t in range(p.shape[0]):
-        out[t] = p[max(0, t - window + 1) : t + 1].mean()
+    cumulative = np.concatenate([[0.0], np.cumsum(p)])
+    ends = np.arange(1, p.size + 1)
+    starts = np.maximum(0, ends - window)
+    out = (cumulative[ends] - cumulative[starts]) / (ends - starts)
+    if not partial:
+        out[: min(window - 1, p.size)] = np.nan
     return out
 
 

@@ -159,6 +159,20 @@ class NetSpec:
             return 2 ** (_UNET_LEVELS + self.unet_more_layers)
         return 1
 
+    def canvas_side(self, side: int) -> int:
+        """The side of the canvas the net runs on for an image side: rounded up to
+        :attr:`stride_multiple`, and for the skip net at least large enough that its deepest
+        scale has 2 pixels and more than its reflection padding (a smaller image sits centred
+        in the canvas; the loss sees only the image)."""
+        multiple = self.stride_multiple
+        canvas = -(-int(side) // multiple) * multiple
+        if self.kind == "skip":
+            kernels = self.filter_size_down if isinstance(self.filter_size_down, tuple) else (self.filter_size_down,)
+            pad = (max(kernels) - 1) // 2
+            deepest = 2 if self.pad != "reflection" else max(2, pad + 1)
+            canvas = max(canvas, multiple * deepest)
+        return canvas
+
     def scaled(self, width_factor: float) -> NetSpec:
         """Return a copy with every width multiplied by ``width_factor``, for tests and small runs.
 

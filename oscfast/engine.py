@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from oscfast.checkpoint import Checkpoint
 from oscfast.config import DIPConfig
-from oscfast.fits import StackedAdam, StackedGenerators, Strategy, resolve_strategy
+from oscfast.models import NetSpec
+from oscfast.fits import StackedAdam, StackedGenerators, Strategy
 from oscfast.memory import check_memory, estimate_run_bytes
 from oscfast.probe import projection
 from oscfast.stopping import Decision, Signals, StopRule
@@ -274,10 +275,10 @@ class CanvasGeometry:
     left: int
 
 
-def canvas_geometry(height: int, width: int, multiple: int) -> CanvasGeometry:
-    """Pad (H, W) up to a multiple of the net's stride; the image sits centred in it."""
-    canvas_h = math.ceil(height / multiple) * multiple
-    canvas_w = math.ceil(width / multiple) * multiple
+def canvas_geometry(height: int, width: int, spec: NetSpec) -> CanvasGeometry:
+    """Pad (H, W) up to the net's canvas (:meth:`NetSpec.canvas_side`); the image sits centred in it."""
+    canvas_h = spec.canvas_side(height)
+    canvas_w = spec.canvas_side(width)
     return CanvasGeometry(canvas_h, canvas_w, (canvas_h - height) // 2, (canvas_w - width) // 2)
 
 
@@ -433,7 +434,7 @@ class _DeviceState:
         self.tasks = [moved.setdefault(id(fit.task), _on_device(fit.task, device)) for fit in fits]
         self.num_fits = k = len(fits)
         channels, height, width = self.tasks[0].output_shape
-        self.geometry = canvas_geometry(height, width, config.net.stride_multiple)
+        self.geometry = canvas_geometry(height, width, config.net)
         self.height, self.width = height, width
         self.generators = StackedGenerators(
             config.net, channels, [fit.seed for fit in fits], strategy=options.strategy, device=device,

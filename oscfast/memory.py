@@ -81,9 +81,8 @@ def estimate_run_bytes(
         Bytes.
     """
     channels, height, width = output_shape
-    multiple = config.net.stride_multiple
-    canvas_h = math.ceil(height / multiple) * multiple
-    canvas_w = math.ceil(width / multiple) * multiple
+    canvas_h = config.net.canvas_side(height)
+    canvas_w = config.net.canvas_side(width)
     activations, parameters = _activation_elements(config, channels, canvas_h, canvas_w)
     image = channels * height * width
     # the step's images (targets, noise, z, eps, ...), the average, the newest output; ES-WMV's float64 sums

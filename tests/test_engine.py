@@ -12,6 +12,7 @@ from oscfast.io import image_to_tensor
 from oscfast.kernels import chord_curvature
 from oscfast.memory import TooLargeError, estimate_run_bytes
 from oscfast.metrics import psnr_torch
+from oscfast.models import DENOISE_SPEC, INPAINT_LIBRARY_SPEC
 from oscfast.plan import make_rule
 from oscfast.probe import gaussian_pseudo_noise
 from oscfast.stopping import CapRule, KneeRule, RiskRule, Signals
@@ -40,8 +41,13 @@ def psnr_metric(clean: torch.Tensor) -> dict:
 
 
 def test_canvas_geometry_centres_the_image() -> None:
-    geometry = canvas_geometry(70, 64, 32)
+    geometry = canvas_geometry(70, 64, DENOISE_SPEC)  # stride multiple 32
     assert (geometry.height, geometry.width, geometry.top, geometry.left) == (96, 64, 13, 0)
+    # a 32 px side gets a 64 px canvas: the deepest of 5 scales keeps 2 pixels
+    small = canvas_geometry(32, 40, DENOISE_SPEC)
+    assert (small.height, small.width, small.top, small.left) == (64, 64, 16, 12)
+    # 6 scales of 5x5 reflection-padded filters need 3 pixels at the deepest scale
+    assert INPAINT_LIBRARY_SPEC.canvas_side(128) == 192 and INPAINT_LIBRARY_SPEC.canvas_side(200) == 256
 
 
 def test_loop_fits_are_bitwise_plain_dip_with_torch_adam(tiny_config: DIPConfig) -> None:

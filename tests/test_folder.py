@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oscfast import io
+from oscfast import io, restore
 from oscfast.cli import main
 from oscfast.config import DIPConfig
 from oscfast.folder import FolderSummary, restore_folder
@@ -57,7 +57,11 @@ def test_restores_writes_summary_and_resumes(in_dir: Path, tmp_path: Path, monke
         row = rows[name]
         assert row["status"] == "restored" and row["output"] == name
         assert 1 <= int(row["stop_iteration"]) <= int(row["iterations_run"]) <= 8
-        assert row["rule"] == "risk" and row["probe"] == "twin" and float(row["seconds"]) >= 0
+        assert row["rule"] == "risk" and row["probe"] == "twin"
+        by_file = {r.file: r for r in summary.rows}[name]
+        assert float(row["seconds"]) == pytest.approx(by_file.seconds) and 0 < by_file.seconds < 600
+        # the noise level the rule used is the one restore() estimates for that file
+        assert float(row["noise_level"]) == pytest.approx(restore(in_dir / name, "denoise", **RUN).noise_level)
     data = json.loads((out / "summary.json").read_text())
     assert data["counts"] == {"images": 4, "restored": 3, "skipped": 0, "failed": 1}
     assert [row["file"] for row in data["rows"]] == list(rows)

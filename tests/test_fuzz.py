@@ -327,6 +327,31 @@ def test_restore_any_image(image: Any, task: str) -> None:
         check_restoration(result)
 
 
+@st.composite
+def valid_pil_images(draw: st.DrawFn) -> Image.Image:
+    array = draw(clean_arrays(min_side=32, max_side=48, channels=(3,), dtypes=(np.uint8,)))
+    return Image.fromarray(array).convert(draw(st.sampled_from(["L", "RGB", "RGBA"])))
+
+
+valid_sources = st.one_of(
+    clean_arrays(min_side=32, dtypes=(np.uint8, np.uint16, np.float16, np.float32, np.float64), channels=(None, 1, 3, 4)),
+    valid_pil_images(),
+)
+
+
+@settings(max_examples=EXAMPLES["restore"])
+@given(image=valid_sources, task=st.sampled_from(["denoise", "jpeg"]))
+def test_restore_accepts_every_valid_image(image: Any, task: str) -> None:
+    """The other half of the oracle: an image the README says is accepted is never refused."""
+    result, error = outcome("restore", oscfast.restore, image, task, max_iterations=2, **RUN)
+    assert error is None, f"a valid image was refused: {type(error).__name__}: {error}"
+    height, width = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[:2]
+    check_restoration(result, observation_hw=(height, width))
+    channels = 1 if (isinstance(image, Image.Image) and image.mode == "L") or (
+        isinstance(image, np.ndarray) and (image.ndim == 2 or image.shape[2] == 1)) else 3
+    assert result.image.shape[2] == channels  # alpha dropped, gray kept gray
+
+
 # operators for task="custom": each returns y = A(x) or misbehaves in one way
 
 

@@ -209,7 +209,7 @@ def test_restore_pixels_without_mask_draws_keep_fraction(keep: float | None) -> 
 
 @pytest.mark.parametrize("keep", [0.0, -0.2, 1.01, 2.0, float("nan")])
 def test_restore_pixels_keep_outside_unit_interval_is_refused(keep: float) -> None:
-    with pytest.raises(ValueError, match=r"keep must (lie in|be a finite number).*\(0, 1\]"):
+    with pytest.raises(ValueError, match=r"keep must be .*\(0, 1\]"):
         fast_restore(make_image(H, W, 3), "restore_pixels", keep=keep)
 
 
@@ -477,12 +477,12 @@ def _e2e_deblur(clean):
     return degrade(blurred, "denoise", sigma=0.03, seed=1), {"blur_sigma": 2.0}
 
 
-# measured on this machine (1 thread, seed 0), returned PSNR / max raw PSNR, observation:
-#   denoise         32.27 / 32.77 dB (0.985), observation 20.25 dB
-#   super_res x2    33.19 / 33.54 dB (0.990)
-#   inpaint         45.76 / 36.13 dB (1.267, known pixels pasted back), observation 17.29 dB
-#   restore_pixels  37.58 / 35.17 dB (1.068), observation 7.90 dB
-#   deblur          33.63 / 33.96 dB (0.990), observation 29.36 dB (sigma 2 blur + 0.03 noise)
+#: the largest gap (dB) to the plain-DIP oracle of the same run allowed per task: the oracle is
+#: the best PSNR of the raw or averaged output, final step applied to both, as the returned
+#: image (like for like); see the measured gaps in test_end_to_end_returns_near_best_iterate
+E2E_MAX_GAP_DB = 1.0
+
+
 @pytest.mark.parametrize(
     ("task", "make"),
     [
@@ -500,12 +500,16 @@ def test_end_to_end_returns_near_best_iterate(task: str, make) -> None:
         observation, task=task, reference=clean, stop="never", config=E2E_CONFIG,
         progress=False, device="cpu", **options,
     )
+    history = result.history
     assert result.iterations_run == E2E_ITERATIONS
-    assert result.history.psnr_raw.shape == (E2E_ITERATIONS,)
+    assert history.psnr_raw.shape == history.psnr_ema.shape == (E2E_ITERATIONS,)
     assert result.image.shape == clean.shape
     assert result.psnr == pytest.approx(psnr(clean, result.image))
-    best = float(result.history.psnr_raw.max())
-    assert result.psnr >= 0.95 * best, (result.psnr, best, result.stop_iteration)
+    # the returned image is the recorded iterate of its own kind (raw with raw, EMA with EMA)
+    own = history.psnr_raw if result.output == "raw" else history.psnr_ema
+    assert result.psnr == pytest.approx(float(own[result.stop_iteration]), abs=0.02)
+    oracle = max(float(np.nanmax(history.psnr_raw)), float(np.nanmax(history.psnr_ema)))
+    assert oracle - result.psnr <= E2E_MAX_GAP_DB, (task, result.psnr, oracle, result.stop_iteration, result.output)
     if observation.shape == clean.shape:
         assert result.psnr > psnr(clean, observation) + 1.0
 
