@@ -5,6 +5,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -77,3 +78,33 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
+
+
+HALVES_FILE = REPO / "bench" / "halves.md"
+
+
+def parse_halves(text: str) -> dict[str, str]:
+    """Experiment name -> half, from the tables of bench/halves.md (rows ``| names | half | ... |``;
+    ``Set14 x4 and x8: a, b`` rows expand to ``a-x4-set14, a-x8-set14, ...``)."""
+    halves: dict[str, str] = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) < 2 or cells[1] not in ("selection", "report"):
+            continue
+        names = cells[0]
+        match = re.match(r"Set14 x4 and x8:\s*(.*)", names)
+        if match:
+            for name in match.group(1).split(","):
+                for factor in (4, 8):
+                    halves[f"{name.strip()}-x{factor}-set14"] = cells[1]
+            continue
+        for name in names.split(","):
+            if re.fullmatch(r"[a-z0-9-]+", name.strip()):
+                halves[name.strip()] = cells[1]
+    return halves
+
+
+def halves() -> dict[str, str]:
+    """Experiment name -> "selection" or "report", as bench/halves.md says (the one record of
+    which case is in which half; a recorded run's own copy may predate a move)."""
+    return parse_halves(HALVES_FILE.read_text())

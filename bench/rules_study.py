@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, machine_header  # noqa: E402
+from common import RESULTS, halves, machine, machine_header  # noqa: E402
 
 from oscfast.config import StopConfig
 from oscfast.evaluation.recording import Candidate
@@ -35,6 +35,7 @@ from oscfast.stopping import Signals, StopRule
 PLAIN, PROBED = 0, 1
 
 FOLDER = RESULTS / "paper" / "mini"
+HALVES = halves()
 FAMILIES = {
     "denoise": "denoise", "jpeg": "jpeg", "deblur": "deblur",
     "super_resolution": "sr", "inpaint": "inpaint / pixels", "restore_pixels": "inpaint / pixels",
@@ -71,6 +72,8 @@ def load(folder: Path) -> list[dict[str, Any]]:
         payload = json.loads(path.read_text())
         payload["traces"] = dict(np.load(path.with_suffix(".npz")))
         payload["stem"] = path.stem
+        # the half as bench/halves.md says now (a run's own copy may predate a move to selection)
+        payload["experiment"]["half"] = HALVES.get(payload["experiment"]["name"], payload["experiment"]["half"])
         runs.append(payload)
     return runs
 

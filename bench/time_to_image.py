@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import statistics
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -33,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, machine_header  # noqa: E402
+from common import halves as halves_of_cases  # noqa: E402
 from rules_study import FOLDER, PLAIN, feed_recorded, load, recorded_signals, task_default  # noqa: E402
 
 from oscfast.config import StopConfig
@@ -41,7 +41,6 @@ from oscfast.stopping import KneeRule, RiskRule, StopRule
 
 logger = logging.getLogger(__name__)
 
-HALVES_FILE = Path(__file__).resolve().parent / "halves.md"
 OUTPUT = RESULTS / "time-to-image-replays"
 #: the issue's targets: iterations run / chosen (median, worst), mean gap change (dB)
 TARGET_MEDIAN, TARGET_WORST, TARGET_GAP = 1.3, 1.6, 0.05
@@ -103,27 +102,6 @@ class Case:
     time_ratio: float
     psnr: float
     gap_db: float
-
-
-def parse_halves(text: str) -> dict[str, str]:
-    """Experiment name -> half, from the tables of bench/halves.md (rows ``| names | half | ... |``;
-    ``Set14 x4 and x8: a, b`` rows expand to ``a-x4-set14, a-x8-set14, ...``)."""
-    halves: dict[str, str] = {}
-    for line in text.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) < 2 or cells[1] not in ("selection", "report"):
-            continue
-        names = cells[0]
-        match = re.match(r"Set14 x4 and x8:\s*(.*)", names)
-        if match:
-            for name in match.group(1).split(","):
-                for factor in (4, 8):
-                    halves[f"{name.strip()}-x{factor}-set14"] = cells[1]
-            continue
-        for name in names.split(","):
-            if re.fullmatch(r"[a-z0-9-]+", name.strip()):
-                halves[name.strip()] = cells[1]
-    return halves
 
 
 def build_rule(rule: str, stop: StopConfig, *, cap: int, output: str, run: dict[str, Any]) -> StopRule:
@@ -227,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=OUTPUT, help="path without suffix (.md and .json written)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    halves = parse_halves(HALVES_FILE.read_text())
+    halves = halves_of_cases()
     runs = load(args.folder)
     for run in runs:
         run["half"] = halves.get(run["experiment"]["name"], run["experiment"]["half"])
