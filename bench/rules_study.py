@@ -154,7 +154,13 @@ def replay(run: dict[str, Any], candidate: Candidate, sync_every: int = 25):
     d = rule.decision
     return outcome(traces, label=candidate.label, iteration=d.iteration, output=d.output, fit=fit,
                    stop_iteration=d.stop_iteration if d.should_stop else None,
-                   fits_needed=2 if candidate.probe == "twin" else 1)
+                   fits_needed=2 if candidate.probe == "twin" else 1, metric=metric_of(run))
+
+
+def metric_of(run: dict[str, Any]) -> str:
+    """The metric a run is scored on: Y-PSNR with the paper's shave for super-resolution (as the
+    paper reports it, recorded as ``psnr_y``), RGB PSNR (final step applied) otherwise."""
+    return "psnr_y" if "psnr_y" in run["traces"] else "psnr"
 
 
 def default_candidate(task: str) -> Candidate:
@@ -170,7 +176,7 @@ def fixed_outcome(run: dict[str, Any]) -> tuple[float, float]:
 
     traces = run["traces"]
     values = [outcome(traces, label="fixed", iteration=run["cap"] - 1, output=o, fit=PLAIN, stop_iteration=None,
-                      fits_needed=1) for o in ("raw", "ema")]
+                      fits_needed=1, metric=metric_of(run)) for o in ("raw", "ema")]
     chosen = max(values, key=lambda r: r.psnr)
     return chosen.gap_db, chosen.psnr
 

@@ -14,6 +14,8 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 RULE_CHOICES = ("risk", "knee", "paper", "es-wmv", "es-emv", "plateau", "cap")
+NOISE_HELP = ("denoise: the noise model (its data term, probe and stop rule; poisson = shot noise); "
+              "auto picks it from the image (default: gaussian)")
 PROBE_CHOICES = ("twin", "inline", "none")
 
 RESTORE_EXAMPLES = """examples:
@@ -80,6 +82,7 @@ def _task_choices() -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``oscfast`` command."""
     TASK_CHOICES = _task_choices()  # noqa: N806 - a constant of this parser
+    from oscfast.noise_models import NOISE_CHOICES  # noqa: N806
     parser = argparse.ArgumentParser(
         prog="oscfast", description="Deep Image Prior restoration that stops by itself."
     )
@@ -114,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     rest.add_argument("--blur-sigma", type=float, default=None, help="deblur: Gaussian blur sigma in px")
     rest.add_argument("--quality", type=_positive_int, default=None,
                       help="jpeg: the JPEG quality when the input is not the JPEG file itself (a .jpg's own tables are read)")
+    rest.add_argument("--noise", choices=NOISE_CHOICES, default=None, help=NOISE_HELP)
     rest.add_argument("--probe", choices=PROBE_CHOICES, default=None, help="where the pseudo-noise goes (default: per task)")
     rest.add_argument("--rule", choices=RULE_CHOICES, default=None, help="stop rule (default: per task)")
     rest.add_argument("--noise-level", type=_non_negative_float, default=None,
@@ -144,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     folder.add_argument("--factor", type=_positive_int, default=None, help="super-resolution factor (default 4)")
     folder.add_argument("--keep", type=float, default=None, help="restore_pixels: kept fraction (0.5)")
     folder.add_argument("--blur-sigma", type=float, default=None, help="deblur: Gaussian blur sigma in px")
+    folder.add_argument("--noise", choices=NOISE_CHOICES, default=None, help=NOISE_HELP + " (auto: per image)")
     folder.add_argument("--suffix", default=".png", help="suffix (format) of the outputs: .png, .tif, .jpg, .bmp")
     folder.add_argument("--batch", type=_positive_int, default=None,
                         help="restorations per batched step (default: from free GPU memory, 1 on a CPU)")
@@ -265,6 +270,7 @@ def _restore(args: argparse.Namespace) -> int:
         pseudo_noise_std=args.pseudo_noise_std,
         output=args.output_kind,
         quality=args.quality,
+        noise=args.noise,
     )
     result.save(args.output)
     if args.plot:
@@ -281,6 +287,10 @@ def _restore(args: argparse.Namespace) -> int:
             line += f", PSNR {result.psnr:.2f} dB"
         if result.estimated_psnr is not None:
             line += f", estimated PSNR {result.estimated_psnr:.2f} dB"
+        if args.noise is not None:
+            line += f", noise model {result.noise_model}"
+            if result.noise_confidence is not None:
+                line += f" (auto, confidence {result.noise_confidence:.2f})"
         print(line)
     return 0
 
@@ -308,6 +318,7 @@ def _restore_dir(args: argparse.Namespace) -> int:
         factor=args.factor,
         keep=args.keep,
         blur_sigma=args.blur_sigma,
+        noise=args.noise,
         max_iterations=args.max_iterations,
         seed=args.seed,
         device=args.device,

@@ -49,6 +49,15 @@ class StopConfig:
         es_patience: ES-WMV / ES-EMV patience (1000 in their notebooks).
         plateau_db, plateau_patience: plateau rule.
         sync_every: iterations between two reads of the device buffers by the host.
+        level_tolerance: the relative uncertainty of a given ``noise_level`` (its interval is
+            ``noise_level x (1 -+ level_tolerance)``; 0.02: clipping to [0, 1] lowers the
+            effective level of 25/255 noise by ~2% on F16), for ``estimated_psnr``.
+        estimated_level_range: where the true level lies relative to an estimated one (Donoho's
+            or the run's own bound, both upper bounds: docs/twin-probe.md, "The level"), for
+            ``estimated_psnr``'s interval.
+        max_estimate_width_db: ``estimated_psnr`` is shown only when its interval is at most
+            this wide (its value is the interval's middle, so within half of it of the truth
+            whenever the level lies in its interval).
     """
 
     rule: RuleName | None = None
@@ -72,6 +81,9 @@ class StopConfig:
     plateau_db: float = 50.0
     plateau_patience: int = 200
     sync_every: int = 25
+    level_tolerance: float = 0.02
+    estimated_level_range: tuple[float, float] = (0.8, 1.05)
+    max_estimate_width_db: float = 2.0
 
     def __post_init__(self) -> None:
         for name in ("pseudo_noise_std", "noise_level", "significance", "min_curvature", "min_rise", "patience_ratio", "plateau_db",
@@ -115,6 +127,13 @@ class StopConfig:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
         if self.patience_ratio < 0 or self.significance < 0 or self.min_rise < 0 or self.rise_significance < 0:
             raise ValueError("patience_ratio, significance, min_rise and rise_significance must be >= 0")
+        if not 0 <= self.level_tolerance < 1:
+            raise ValueError(f"level_tolerance must lie in [0, 1), got {self.level_tolerance!r}")
+        low, high = (tuple(self.estimated_level_range) + (math.nan, math.nan))[:2]
+        if len(tuple(self.estimated_level_range)) != 2 or not 0 < low <= 1 <= high:
+            raise ValueError(f"estimated_level_range must be (low, high) with 0 < low <= 1 <= high, got {self.estimated_level_range!r}")
+        if not self.max_estimate_width_db > 0:
+            raise ValueError(f"max_estimate_width_db must be > 0, got {self.max_estimate_width_db!r}")
 
 
 @dataclass(frozen=True)

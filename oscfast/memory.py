@@ -63,7 +63,7 @@ def estimate_run_bytes(
     (``window`` outputs plus float64 sums), the plateau ring (``change_lag`` outputs), the
     input and the trace. Per fit that keeps a ring (``ring_fits``: each restoration's
     driving fit): ``ring_size`` raw and averaged outputs. With ``cuda_graph``, what the
-    capture's warm-up saves to undo itself (:class:`oscfast.engine._WarmupUndo`): the weights
+    capture's warm-up saves to undo itself (:class:`oscfast.engine.device._WarmupUndo`): the weights
     and Adam state, the image-sized state, and a few ring rows. ``resume_points`` host copies
     of one fit's weights, Adam moments and average (count them where the host is the device).
 

@@ -69,6 +69,11 @@ which with ``<n, n> ~ a^2 M mean(v)`` is the present ``loss - s^2 + 2 s^2 P_twin
   inpainting). Salt and pepper can also be cast as inpainting (mask: values not exactly 0 or 1,
   MSE, known values put back): worth measuring against L1.
 
+Restorations use these through the denoising task: ``restore(y, task="denoise", noise=...)``
+builds the model's subclass of :class:`oscfast.tasks.Denoise` (:func:`choose_noise` names or
+detects the model and estimates ``c``; :func:`probe_shape` shapes the twin's probe;
+:data:`STOP_RULES` gives its default rule).
+
 Estimators read the variance-versus-mean law of the observation (:func:`variance_profile`): the
 residual of a 3x3 second-difference filter (Immerkaer 1996; it removes constants and linear
 ramps and has unit gain on white noise) against a 7x7 local mean (a wider mean keeps its own noise
@@ -96,17 +101,23 @@ from scipy import ndimage, optimize, special, stats
 
 __all__ = [
     "DATA_TERMS",
+    "NOISE_CHOICES",
     "NOISE_KINDS",
     "SEVERITIES",
     "SEVERITY_PARAMETERS",
+    "STOP_RULES",
     "DataTermName",
+    "NoiseChoice",
+    "NoiseChoiceName",
     "NoiseGuess",
     "NoiseKind",
     "VarianceProfile",
     "add_noise",
     "apply_noise",
+    "check_noise_choice",
     "check_noise_kind",
     "check_severity",
+    "choose_noise",
     "clipped_moments",
     "data_term",
     "default_data_term",
@@ -121,6 +132,7 @@ __all__ = [
     "mse_data_term",
     "noise_variance_map",
     "poisson_data_term",
+    "probe_shape",
     "severity_parameter",
     "variance_profile",
 ]
@@ -448,7 +460,7 @@ def poisson_data_term(
     measured: torch.Tensor,
     target: torch.Tensor,
     *,
-    scale: float,
+    scale: float | torch.Tensor,
     offset: float | None = None,
 ) -> torch.Tensor:
     """Poisson negative log-likelihood per fit, with the photon scale ``c`` (shot noise).
@@ -476,7 +488,9 @@ def poisson_data_term(
         measured: ``A(x)`` of each fit, values ``>= 0`` (the DIP nets end in a sigmoid; values
             below 0 are clamped to 0, where the gradient stops).
         target: Each fit's target (``y`` or ``y + n``).
-        scale: ``c``, photons of a white pixel (:func:`estimate_poisson_scale`).
+        scale: ``c``, photons of a white pixel (:func:`estimate_poisson_scale`); a 0-d tensor
+            is used as it is, unchecked and without a host sync (a task keeps ``c`` in a buffer,
+            which a captured CUDA graph reads at each replay).
         offset: The background ``e`` (default ``1 / c``).
 
     Returns:
@@ -494,11 +508,15 @@ def poisson_data_term(
         [0.0]
     """
     _check_pair(measured, target)
-    c = float(scale)
-    if not (math.isfinite(c) and c > 0):
-        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    c: float | torch.Tensor
+    if isinstance(scale, torch.Tensor):
+        c = scale
+    else:
+        c = float(scale)
+        if not (math.isfinite(c) and c > 0):
+            raise ValueError(f"scale must be a positive number, got {scale!r}")
     e = 1.0 / c if offset is None else float(offset)
-    if not (math.isfinite(e) and e > 0):
+    if not isinstance(e, torch.Tensor) and not (math.isfinite(e) and e > 0):
         raise ValueError(f"offset must be a positive number, got {offset!r}")
     shifted = measured.clamp_min(0.0) + e
     t = target + e
@@ -881,8 +899,16 @@ def noise_variance_map(
     shape = image.shape if isinstance(image, np.ndarray) else None
     x = _check_image(image)
     smooth = ndimage.gaussian_filter(x, (smoothing, smoothing, 0), mode="reflect")
-    _, v = clipped_moments(kind, smooth, c)
+    # the moments on a grid of clean values, interpolated: the exact Poisson sum costs ceil(c)
+    # terms per entry (c up to 3000), and the moments are smooth in x
+    grid = np.linspace(0.0, 1.0, _VARIANCE_GRID)
+    _, v_grid = clipped_moments(kind, grid, c)
+    v = np.interp(np.clip(smooth, 0.0, 1.0), grid, v_grid)
     return np.maximum(v, (1 / 255) ** 2).reshape(shape)  # type: ignore[arg-type]
+
+
+#: clean values at which :func:`noise_variance_map` evaluates the moments exactly
+_VARIANCE_GRID = 1025
 
 
 # --------------------------------------------------------------------------------------------
@@ -984,3 +1010,135 @@ def detect_noise(image: np.ndarray) -> NoiseGuess:
     kind = ranked[0]
     logger.debug("noise guess %s (misfits %s)", kind, {k: round(v[1], 3) for k, v in fits.items()})
     return NoiseGuess(kind, fits[kind][0], float(np.clip(confidence, 0.0, 1.0)), scores)
+
+
+# --------------------------------------------------------------------------------------------
+# The model a restoration uses
+# --------------------------------------------------------------------------------------------
+NoiseChoiceName = Literal["gaussian", "poisson", "speckle", "impulse", "auto"]
+#: What ``restore(..., noise=)`` and ``--noise`` take: a kind, or "auto" (:func:`detect_noise`).
+NOISE_CHOICES: tuple[NoiseChoiceName, ...] = get_args(NoiseChoiceName)
+
+#: The stop rule each model reads by default (``docs/noise-models.md``): the risk (SURE of the
+#: returned fit, with ``s^2 = mean(v)`` for the shaped probes) where the data term is smooth;
+#: the knee of ``P_twin`` for L1, where the divergence argument does not hold.
+STOP_RULES: Mapping[NoiseKind, str] = {
+    "gaussian": "risk",
+    "poisson": "risk",
+    "speckle": "risk",
+    "impulse": "knee",
+}
+
+
+@dataclass(frozen=True)
+class NoiseChoice:
+    """The noise model a restoration uses (:func:`choose_noise`).
+
+    Attributes:
+        kind: The model.
+        parameter: Its parameter ``c`` (:data:`SEVERITY_PARAMETERS`' units), estimated from the
+            observation unless given; None for ``"gaussian"``, whose level the risk rule
+            estimates itself (Donoho, as without a noise model).
+        confidence: :func:`detect_noise`'s confidence when the model was picked by ``"auto"``;
+            None when it was named.
+    """
+
+    kind: NoiseKind
+    parameter: float | None = None
+    confidence: float | None = None
+
+    @property
+    def detected(self) -> bool:
+        """Whether ``"auto"`` picked the model."""
+        return self.confidence is not None
+
+
+def check_noise_choice(noise: object) -> NoiseChoiceName:
+    """Return ``noise`` if it is a noise kind or ``"auto"``.
+
+    Raises:
+        ValueError: If it is not, naming the value and the allowed ones.
+    """
+    if not isinstance(noise, str) or noise not in NOISE_CHOICES:
+        raise ValueError(f"noise must be one of {', '.join(map(repr, NOISE_CHOICES))}, got {noise!r}")
+    return noise  # type: ignore[return-value]
+
+
+def choose_noise(image: np.ndarray, noise: NoiseChoiceName = "gaussian", *, parameter: float | None = None) -> NoiseChoice:
+    """The noise model of an observation: the one named, or the one :func:`detect_noise` picks.
+
+    Args:
+        image: ``(H, W)`` or ``(H, W, C)`` float observation in ``[0, 1]``.
+        noise: A kind of :data:`NOISE_KINDS`, or ``"auto"``.
+        parameter: The model's parameter ``c`` when it is known (not for ``"gaussian"``, whose
+            level is the run option ``noise_level=``, nor for ``"auto"``); else it is estimated
+            (:func:`estimate_noise_parameter`; for ``"auto"`` the detection's own estimate).
+
+    Returns:
+        A :class:`NoiseChoice`.
+
+    Raises:
+        ValueError: An unknown ``noise``, a parameter out of range or where none applies, or an
+            invalid image.
+
+    Example:
+        >>> clean = np.full((32, 32, 3), 0.5)
+        >>> choose_noise(add_noise(clean, "poisson", 3, seed=0), "poisson", parameter=12.0)
+        NoiseChoice(kind='poisson', parameter=12.0, confidence=None)
+    """
+    noise = check_noise_choice(noise)
+    if parameter is not None and noise in ("gaussian", "auto"):
+        raise ValueError(
+            f"parameter= does not apply to noise={noise!r}"
+            + (" (give the Gaussian level as noise_level=)" if noise == "gaussian" else "")
+        )
+    if noise == "auto":
+        guess = detect_noise(image)
+        logger.info("noise model %s picked (confidence %.2f)", guess.kind, guess.confidence)
+        level = None if guess.kind == "gaussian" else guess.parameter
+        return NoiseChoice(guess.kind, level, guess.confidence)
+    if noise == "gaussian":
+        return NoiseChoice("gaussian")
+    if parameter is not None:
+        return NoiseChoice(noise, _check_parameter(noise, parameter))
+    return NoiseChoice(noise, estimate_noise_parameter(image, noise))
+
+
+def probe_shape(image: np.ndarray, kind: NoiseKind, parameter: float | None = None) -> np.ndarray:
+    """Per-entry factor ``s`` of the twin's probe ``n = std * s * b`` for noise ``kind``.
+
+    ``b`` is i.i.d. zero-mean, unit-variance pseudo-noise (Gaussian, or uniform for the masked
+    impulse probe), ``std`` the probe's RMS (1/25 by default):
+
+    - gaussian: ``s = 1`` (today's i.i.d. probe);
+    - poisson, speckle: ``s = sqrt(v / mean(v))`` with ``v`` from :func:`noise_variance_map`:
+      the probe is the same fraction of the local noise std everywhere, and its RMS stays
+      ``std``, so the risk rule reads ``s^2 = mean(v)`` (module docstring);
+    - impulse: ``s = 1`` on values strictly between 0 and 1, 0 on values at 0 or 1 (the ones
+      the fit should not reproduce).
+
+    Args:
+        image: ``(H, W)`` or ``(H, W, C)`` float observation in ``[0, 1]``.
+        kind: The noise kind.
+        parameter: The kind's ``c`` (needed for poisson and speckle).
+
+    Returns:
+        ``s``, float32, the shape of ``image``.
+
+    Raises:
+        ValueError: For a missing parameter, an unknown kind, or an impulse observation with no
+            value strictly between 0 and 1 (nothing to probe).
+    """
+    kind = check_noise_kind(kind)
+    x = _check_image(image).reshape(image.shape)
+    if kind == "gaussian":
+        return np.ones(x.shape, np.float32)
+    if kind == "impulse":
+        inside = (x > 0.0) & (x < 1.0)
+        if not inside.any():
+            raise ValueError("no value of the observation lies strictly between 0 and 1: the impulse probe has nothing to probe")
+        return inside.astype(np.float32)
+    if parameter is None:
+        raise ValueError(f"the {kind} probe needs the noise parameter")
+    v = noise_variance_map(image, kind, parameter)
+    return np.sqrt(v / v.mean()).astype(np.float32)

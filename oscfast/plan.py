@@ -24,10 +24,14 @@ logger = logging.getLogger(__name__)
 _NEEDS_PROBE = {"risk", "knee", "paper"}
 
 
-def default_stop(task_name: str) -> StopDefault:
+def default_stop(task: str | Task) -> StopDefault:
     """The probe, rule and output a task gets when the caller names neither (its class's
-    :attr:`oscfast.tasks.Task.default_stop`; unregistered tasks get the custom task's)."""
-    cls = TASKS.get(task_name, CustomOperator)
+    :attr:`oscfast.tasks.Task.default_stop`; unregistered task names get the custom task's).
+    A task object's own class decides: a noise model's subclass of the denoising task brings
+    its own rule (:meth:`oscfast.tasks.Denoise.with_noise`)."""
+    if isinstance(task, Task):
+        return type(task).default_stop
+    cls = TASKS.get(task, CustomOperator)
     return cls.default_stop
 
 
@@ -105,7 +109,7 @@ def plan_restoration(task: Task, config: DIPConfig, stop: StopConfig, *, seed: i
     Raises:
         ValueError: a rule that needs the probe without one.
     """
-    default_probe, default_rule, default_output = default_stop(task.name)
+    default_probe, default_rule, default_output = default_stop(task)
     rule: RuleName = stop.rule or default_rule
     if stop.probe is not None:
         probe: ProbeName = stop.probe

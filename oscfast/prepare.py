@@ -10,7 +10,6 @@ memory estimate (before the probe's image-sized noise is drawn), then the plan.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -37,7 +36,6 @@ __all__ = [
     "RUN_OPTION_NAMES",
     "Prepared",
     "RunOptions",
-    "check_net_fits",
     "check_run_options",
     "jpeg_file_options",
     "prepare",
@@ -200,12 +198,16 @@ class Prepared:
         from oscfast._version import __version__
         from oscfast.checkpoint import fingerprint_tensor
 
-        return {
+        prints = {
             "oscfast": __version__, "task": self.task_name, "observation": fingerprint_tensor(self.task.observation),
             "config": repr(self.config), "stop": repr(self.stop), "seed": str(self.options.seed),
             "precision": self.options.precision, "device": self.device.type,
             "reference": "yes" if self.reference is not None else "no",
         }
+        noise = self.task.noise_choice
+        if noise is not None and noise.kind != "gaussian":  # Gaussian runs keep the fingerprint they had
+            prints["noise"] = repr(noise)
+        return prints
 
 
 def prepare(
@@ -281,7 +283,6 @@ def _configuration(task_name: str, task: Task, run: RunOptions) -> DIPConfig:
         from oscfast.models import NetSpec
 
         config = replace(config, net=NetSpec(kind=run.net, input_channels=config.net.input_channels))
-    check_net_fits(config, *task.output_shape[1:])
     return config
 
 
@@ -340,22 +341,3 @@ def _parse_device(device: str | torch.device) -> torch.device:
     if resolved.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device {str(resolved)!r}; expected 'cpu' or 'cuda'")
     return resolved
-
-
-def check_net_fits(config: DIPConfig, height: int, width: int) -> None:
-    """Raise a clear error when the generator cannot run at this size (its deepest scale
-    would be smaller than its padding or a single pixel), before anything is allocated."""
-    spec = config.net
-    if spec.kind != "skip":
-        return
-    multiple = spec.stride_multiple
-    side = min(math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple)
-    deepest = side // 2 ** spec.num_scales
-    kernels = spec.filter_size_down if isinstance(spec.filter_size_down, tuple) else (spec.filter_size_down,)
-    pad = (max(kernels) - 1) // 2
-    if deepest < 2 or (spec.pad == "reflection" and deepest <= pad):
-        smallest = multiple * max(2, pad + 1)
-        raise ValueError(
-            f"a {height}x{width} image is too small for this generator ({spec.num_scales} scales, "
-            f"{max(kernels)}x{max(kernels)} filters): the smallest side must be at least {smallest} px"
-        )

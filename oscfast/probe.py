@@ -69,8 +69,10 @@ class RiskConstants:
     of A(x_t) against the clean measurement A(x0) over the probed entries.
 
     Attributes:
-        weight: the factor of P.
-        offset: the constant (only matters for :attr:`unbiased` estimates of the error).
+        weight: the factor of P (``inf`` for the twin with an unknown level: the rule takes the
+            level from the run, :class:`oscfast.stopping.RiskRule`'s ``level_bound``).
+        offset: the constant (only matters for :attr:`unbiased` estimates of the error;
+            ``-inf`` with ``weight=inf``).
         rho: the probed fraction (:func:`probed_fraction`).
         unbiased: whether ``risk / rho`` is an unbiased estimate of the error (twin probe with
             white measurement noise of known level), so that it can be reported.
@@ -86,21 +88,26 @@ def risk_constants(kind: ProbeKind, *, noise_level: float, probe_std: float, rho
     """The SURE constants of the risk rule for a probe kind (method.md section 8).
 
     - twin: risk_A = loss_A - rho sigma_e^2 + 2 rho sigma_e^2 P_twin (fit A's own error;
-      no pseudo-noise in A; P_twin is the Monte-Carlo divergence per probed entry).
+      no pseudo-noise in A; P_twin is the Monte-Carlo divergence per probed entry). An
+      unknown level (``noise_level=inf``) gives ``weight=inf, offset=-inf``: the rule then
+      takes the level from the run (:class:`oscfast.stopping.RiskRule`, ``level_bound``).
     - inline: the fit carries n too, so its target noise has variance
       s^2 = sigma_e^2 + sigma_n^2: risk = loss + 2 rho s^2 P (up to a constant; P carries a
-      chance correlation of the image with n, so it is not reported as an estimate).
+      chance correlation of the image with n, so it is not reported as an estimate). An
+      unknown level counts as 0 there (the inline rule has no bound of its own).
 
     Raises:
-        ValueError: for the "none" probe (no P to weigh) or a negative level.
+        ValueError: for the "none" probe (no P to weigh) or a negative or NaN level.
     """
-    if noise_level < 0 or probe_std < 0:
+    if not (noise_level >= 0 and probe_std >= 0):
         raise ValueError(f"noise levels must be >= 0, got {noise_level} and {probe_std}")
     if kind == "twin":
+        if math.isinf(noise_level):
+            return RiskConstants(weight=math.inf, offset=-math.inf, rho=rho, unbiased=True)
         variance = noise_level**2
         return RiskConstants(weight=2 * rho * variance, offset=-rho * variance, rho=rho, unbiased=True)
     if kind == "inline":
-        variance = noise_level**2 + probe_std**2
+        variance = (noise_level**2 if math.isfinite(noise_level) else 0.0) + probe_std**2
         return RiskConstants(weight=2 * rho * variance, offset=0.0, rho=rho, unbiased=False)
     raise ValueError("the risk rule needs a probe ('inline' or 'twin')")
 

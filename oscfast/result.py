@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +14,7 @@ import torch
 from oscfast import io
 from oscfast.config import DIPConfig, StopConfig
 from oscfast.engine import EngineOptions, ResumePoint, RunRecord, SyncInfo
+from oscfast.level import PSNREstimate, estimate_psnr, level_interval
 from oscfast.metrics import psnr
 from oscfast.plan import RunPlan
 from oscfast.tasks import Task
@@ -75,13 +75,24 @@ class Restoration:
         raw_image, ema_image: both images at ``stop_iteration`` (before ``finalize``).
         last_image: the raw output of the returned fit at the last iteration run.
         psnr: PSNR of ``image`` against ``reference`` when one was given.
-        estimated_psnr: the rule's own estimate of the PSNR of ``image`` where the risk is an
-            unbiased estimate of the error (twin probe, white noise of known or estimated level:
-            denoising; measurement space for a blur); None elsewhere.
-        noise_level: the measurement noise level the risk rule used (None for other rules).
+        estimated_psnr: the rule's own estimate of the PSNR of ``image`` (the middle of
+            ``estimated_psnr_interval``), shown only where it has been measured to be right:
+            the twin probe's risk of white noise in image space (denoising), a positive risk,
+            and an interval at most ``StopConfig.max_estimate_width_db`` wide; None elsewhere,
+            with the reason in ``estimated_psnr_reason`` (docs/twin-probe.md, "The estimate").
+        noise_level: the measurement noise level the risk rule used at the end (the given or
+            estimated one, cut to the run's own bound: :class:`oscfast.stopping.RiskRule`;
+            None for other rules).
         seconds: wall time of the loop.
         device: where it ran.
         config, stop_config: the configurations used.
+        noise_model: the noise model of a denoising run (``"gaussian"``, ``"poisson"``,
+            ``"speckle"``, ``"impulse"``; its data term, probe and rule: README "Noise models");
+            None for the other tasks.
+        noise_parameter: that model's parameter ``c`` as used (estimated unless given; None for
+            ``"gaussian"``, whose level is ``noise_level``).
+        noise_confidence: with ``noise="auto"``, how sure the pick was (0: a tie between two
+            models, 1: clear; :func:`oscfast.noise_models.detect_noise`); None when named.
     """
 
     image: np.ndarray
@@ -110,6 +121,13 @@ class Restoration:
     seed: int = 0
     #: the returned fit's state at its last sync before stop_iteration (Restoration.export continues from it)
     resume_point: ResumePoint | None = field(default=None, repr=False)
+    noise_model: str | None = None
+    noise_parameter: float | None = None
+    noise_confidence: float | None = None
+    #: the PSNRs (dB) the rule's risk gives over the level's interval (None: unbounded or no estimate)
+    estimated_psnr_interval: tuple[float, float] | None = None
+    #: why ``estimated_psnr`` is None (None when it is shown)
+    estimated_psnr_reason: str | None = None
 
     def save(self, path: str | Path, *, bit_depth: int = 8) -> Path:
         """Write the restored image (PNG/JPEG/TIFF by suffix)."""
@@ -191,10 +209,8 @@ def to_restoration(
         return series - traces[name][watch.base] if watch.base is not None else series
 
     rule = record.rules[record.driver]
-    estimated = None
-    error = getattr(rule, "estimated_error", lambda: None)()
-    if error is not None and decision.output == kind:
-        estimated = -10.0 * math.log10(max(error, 1e-12))
+    estimate = _psnr_estimate(rule, task, kind, stop_config)
+    level = getattr(rule, "level", None)
     fired = decision.should_stop and decision.stop_iteration is not None
     reason = "interrupted" if record.interrupted else (plan.rule if fired else "cap")
     return Restoration(
@@ -222,8 +238,8 @@ def to_restoration(
         ema_image=io.tensor_to_image(record.ema_image),
         last_image=io.tensor_to_image(record.last_images[fit]),
         psnr=score,
-        estimated_psnr=estimated,
-        noise_level=plan.noise_level,
+        estimated_psnr=estimate.value,
+        noise_level=level if level is not None else plan.noise_level,
         seconds=record.seconds,
         device=str(engine.device),
         config=config,
@@ -232,7 +248,33 @@ def to_restoration(
         engine_options=engine,
         seed=seed,
         resume_point=record.resume_point,
+        noise_model=None if task.noise_choice is None else task.noise_choice.kind,
+        noise_parameter=None if task.noise_choice is None else task.noise_choice.parameter,
+        noise_confidence=None if task.noise_choice is None else task.noise_choice.confidence,
+        estimated_psnr_interval=estimate.interval,
+        estimated_psnr_reason=estimate.reason,
     )
+
+
+def _psnr_estimate(rule: Any, task: Task, output: str, stop: StopConfig) -> PSNREstimate:
+    """The driving rule's estimate of the returned image's PSNR, or why there is none
+    (:func:`oscfast.level.estimate_psnr`; docs/twin-probe.md, "The estimate")."""
+    chosen_terms = getattr(rule, "chosen_terms", None)
+    level = getattr(rule, "level", None)
+    if chosen_terms is None or getattr(rule, "error_scale", None) is None or level is None:
+        return PSNREstimate(None, None, f"rule {rule.name!r} gives no error estimate (only the twin probe's risk "
+                                        "of noise of a positive level does)")
+    caveat = getattr(type(task), "estimate_caveat", None)
+    if caveat:
+        return PSNREstimate(None, None, caveat)
+    terms = chosen_terms()
+    if terms is None:
+        return PSNREstimate(None, None, "the rule chose no iteration")
+    if terms[2] != output:
+        return PSNREstimate(None, None, f"the returned output ({output}) is not the one the rule scored ({terms[2]})")
+    interval = level_interval(level, given=stop.noise_level is not None and rule.level_source == "given",
+                              tolerance=stop.level_tolerance, estimated_range=stop.estimated_level_range)
+    return estimate_psnr(terms[0], terms[1], interval, rho=rule.rho, max_width_db=stop.max_estimate_width_db)
 
 
 def progress_of(info: SyncInfo, plan: RunPlan) -> Progress:

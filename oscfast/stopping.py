@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from oscfast.level import error_interval, level_bound_values
 from oscfast.probe import gaussian_pseudo_noise, masked_uniform_pseudo_noise, projection
 
 __all__ = [
@@ -281,12 +282,11 @@ def _copy(value: Any) -> Any:
 
 
 def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
-    """Trailing mean over ``window`` (NaN until the window is full)."""
-    cumulative = np.concatenate([[0.0], np.cumsum(values)])
-    out = np.full(values.size, np.nan)
-    if values.size >= window:
-        out[window - 1 :] = (cumulative[window:] - cumulative[:-window]) / window
-    return out
+    """Trailing mean over ``window`` (NaN until the window is full): the kernels' reference
+    :func:`oscfast.kernels.trailing_mean` with ``partial=False``."""
+    from oscfast.kernels.reference import trailing_mean as reference
+
+    return reference(values, window, partial=False)
 
 
 def mean_standard_error(values: np.ndarray, block: int) -> float:
@@ -351,27 +351,46 @@ class RiskRule(RuleBase):
     raw and the averaged output are scored each with its own loss and P, and the lower risk
     wins. The rule keeps the running minimum of the trailing mean (``smoothing`` iterations)
     of each risk and attributes it to the window's centre; that minimum is its choice t*.
+
+    **The level from the run** (docs/twin-probe.md, "The level"). For the twin's constants
+    (``weight = 2 rho s^2``, ``offset = -rho s^2``, ``error_scale = 1 / rho``) the risk is
+    ``loss - rho s^2 (1 - 2 P)`` and estimates ``rho`` times an error, never negative; a level
+    that makes a smoothed risk negative is too high. With ``level_bound`` (kappa) the rule uses
+    ``s_eff^2 = min(s^2, kappa * B(t))``, ``B(t)`` the running minimum over the outputs and
+    iterations seen of ``Lbar / (rho (1 - 2 Pbar))`` (:func:`oscfast.level.sure_level_bound`):
+    a level that is too high (Donoho's estimate on textured images, a JPEG table's) is cut to
+    what the run allows, and ``s = inf`` (the level unknown) leaves the run's bound alone. As
+    ``B`` only falls, each new iteration is compared with the current choice re-scored at the
+    current level (the engine keeps recent outputs only, so a choice never moves back).
+
     When it stops (the choice is the same either way, the wait only decides how long it is
     watched):
 
     - ``wait="fixed"``: once the minimum is older than max(min_patience, patience_ratio * t*);
     - ``wait="evidence"``: at the fixed wait at the latest, and earlier once every scored
       output's smoothed risk has risen above its own running minimum by
-      ``rise_significance`` standard errors, at least ``min_wait`` iterations after t*. The standard error of the rise is ``sqrt(2)`` times
-      :func:`mean_standard_error` of that output's risk over the last ``jitter_window``
-      iterations (docs/twin-probe.md, "Waits"). An output whose risk still falls keeps the
-      run going, so a lagging average can still take the choice over.
+      ``rise_significance`` standard errors, at least ``min_wait`` iterations after t*. The
+      standard error of the rise is ``sqrt(2)`` times :func:`mean_standard_error` of that
+      output's risk over the last ``jitter_window`` iterations (docs/twin-probe.md, "Waits").
+      An output whose risk still falls keeps the run going, so a lagging average can still
+      take the choice over.
 
     Args:
-        weight, offset: see :class:`oscfast.probe.RiskConstants`.
+        weight, offset: see :class:`oscfast.probe.RiskConstants` (``inf`` / ``-inf``: the
+            twin's constants for an unknown level; needs ``level_bound``).
         max_iterations: the iteration cap.
-        smoothing: trailing-mean window of the risk.
+        smoothing: trailing-mean window of the risk (and of the level bound).
         patience_ratio, min_patience: the fixed wait (None: max(50, cap / 15)).
         outputs: which outputs to score.
         error_scale: multiply the risk by this to get a mean squared error estimate
             (1 / rho), or None when the risk is not an unbiased estimate.
         wait: ``"fixed"`` or ``"evidence"``.
         rise_significance, min_wait, jitter_window: the evidence wait.
+        level_bound: kappa, the share of the run's level bound ``B`` (in ``s^2``) the level
+            may reach (1: the bound itself; None: the given level as it is, the rule before
+            issue 15). 0.85 was chosen on the selection half (bench/results/noise-study.md:
+            one recorded denoising run so far; the bound's excess over the truth grows as
+            the noise falls). Only for the twin's constants (an unbiased risk, ``offset < 0``).
     """
 
     name = "risk"
@@ -391,6 +410,7 @@ class RiskRule(RuleBase):
         rise_significance: float = 3.0,
         min_wait: int = 25,
         jitter_window: int = 400,
+        level_bound: float | None = 0.85,
     ) -> None:
         if not weight >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
@@ -398,6 +418,8 @@ class RiskRule(RuleBase):
             raise ValueError(f"need smoothing >= 1 and patience_ratio >= 0, got {smoothing}, {patience_ratio}")
         if not outputs or any(o not in ("raw", "ema") for o in outputs):
             raise ValueError(f"outputs must be a non-empty subset of ('raw', 'ema'), got {outputs}")
+        if level_bound is not None and not level_bound > 0:
+            raise ValueError(f"level_bound must be > 0 or None, got {level_bound}")
         _check_wait(wait, rise_significance, min_wait, jitter_window, smoothing)
         self.outputs: tuple[OutputKind, ...] = tuple(outputs)
         self.needs = frozenset({"loss", "p"} | ({"loss_ema", "p_ema"} if "ema" in self.outputs else set()))
@@ -411,21 +433,73 @@ class RiskRule(RuleBase):
         self.wait: Wait = wait
         self.rise_significance = float(rise_significance)
         self.min_wait, self.jitter_window = int(min_wait), int(jitter_window)
-        self.add_state("_best", math.inf)
-        # per output: running minimum of its smoothed risk, and the rise it needed (NaN: not
-        # evaluated at that iteration)
-        self.add_state("_output_best", {output: math.inf for output in self.outputs})
+        # the twin's SURE form: weight = 2 rho s^2, offset = -rho s^2, error_scale = 1 / rho
+        self.rho = 1.0 / error_scale if error_scale else 1.0
+        twin_form = error_scale is not None and self.offset < 0 and math.isclose(self.weight, -2.0 * self.offset, rel_tol=1e-9)
+        #: s^2 as given (inf: unknown); None when the constants are not the twin's SURE
+        self.given_variance: float | None = -self.offset / self.rho if twin_form else None
+        self.level_bound = float(level_bound) if level_bound is not None and twin_form else None
+        if not (math.isfinite(self.weight) and math.isfinite(self.offset)) and self.level_bound is None:
+            raise ValueError("an unknown level (infinite weight) needs the twin's constants and level_bound")
+        self.add_state("_best_terms", (math.inf, 0.0, "raw"))  # (Lbar, Pbar, output) of the choice
+        self.add_state("_bound", math.inf)  # running minimum of Lbar / (rho (1 - 2 Pbar))
+        self.add_state("_variance", np.full(self.max_iterations, np.nan))  # s_eff^2 per iteration
+        self.add_state("_smoothed", {f"{kind}_{output}": np.full(self.max_iterations, np.nan)
+                                     for output in self.outputs for kind in ("loss", "p")})
+        # per output: the rise it needed (NaN: not evaluated at that iteration)
         self.add_state("_threshold", {output: np.full(self.max_iterations, np.nan) for output in self.outputs})
 
+    # -- the level ------------------------------------------------------------------------
+    def _coefficients(self, variance: float | None = None) -> tuple[float, float]:
+        """(weight, offset) of the risk at the current (or a given) effective variance."""
+        if self.given_variance is None:
+            return self.weight, self.offset
+        variance = self.variance if variance is None else variance
+        return 2.0 * self.rho * variance, -self.rho * variance
+
+    @property
+    def variance(self) -> float:
+        """The level^2 the risk uses now: the given one, cut to ``level_bound`` x the run's bound."""
+        if self.given_variance is None:
+            return math.nan
+        if self.level_bound is None:
+            return self.given_variance
+        return min(self.given_variance, self.level_bound * self._bound)
+
+    @property
+    def level(self) -> float | None:
+        """The level (std) the risk uses now (None when the constants are not the twin's)."""
+        return None if self.given_variance is None else math.sqrt(self.variance)
+
+    @property
+    def level_source(self) -> str | None:
+        """``"given"`` when the given level is used, ``"run bound"`` when the run cut it."""
+        if self.given_variance is None:
+            return None
+        return "given" if self.variance >= self.given_variance else "run bound"
+
+    def run_level_bound(self) -> float:
+        """The run's own upper bound of the level so far (inf before the first window)."""
+        return math.sqrt(self._bound)
+
+    def level_history(self) -> np.ndarray:
+        """The level (std) the risk used at each iteration fed (NaN before the first window)."""
+        return np.sqrt(self._variance[: self._n])
+
+    # -- curves ---------------------------------------------------------------------------
     def risk(self, output: OutputKind = "raw") -> np.ndarray:
-        """The (unsmoothed) risk of ``output`` per iteration fed so far."""
+        """The (unsmoothed) risk of ``output`` per iteration fed so far, at the current level."""
         suffix = "" if output == "raw" else "_ema"
+        weight, offset = self._coefficients()
         n = self._n
-        return self._history["loss" + suffix][:n] + self.weight * self._history["p" + suffix][:n] + self.offset
+        return self._history["loss" + suffix][:n] + weight * self._history["p" + suffix][:n] + offset
 
     def smoothed_risk(self, output: OutputKind = "raw") -> np.ndarray:
-        """The trailing mean of the risk of ``output`` (NaN until the window is full)."""
-        return trailing_mean(self.risk(output), self.smoothing)
+        """The trailing mean of the risk of ``output`` at the current level (NaN until the
+        window is full)."""
+        weight, offset = self._coefficients()
+        n = self._n
+        return self._smoothed[f"loss_{output}"][:n] + weight * self._smoothed[f"p_{output}"][:n] + offset
 
     def rise_threshold(self, output: OutputKind = "raw") -> np.ndarray:
         """Per iteration fed, the rise above its minimum that the smoothed risk of ``output``
@@ -437,51 +511,96 @@ class RiskRule(RuleBase):
         start = max(first, window - 1)
         if start >= end:
             return
-        # trailing means of the new iterations, from the window before them
         origin = max(0, start - window + 1)
-        smoothed = {output: trailing_mean(self.risk(output)[origin:end], window) for output in self.outputs}
+        for output in self.outputs:
+            suffix = "" if output == "raw" else "_ema"
+            for kind in ("loss", "p"):
+                self._smoothed[f"{kind}_{output}"][start:end] = trailing_mean(self._history[kind + suffix][origin:end], window)[start - origin :]
         for newest in range(start, end):
-            offset = newest - origin
+            if self.level_bound is not None and not self._decision.should_stop:  # the level is frozen when it fires
+                for output in self.outputs:
+                    bound = level_bound_values(self._smoothed[f"loss_{output}"][newest], self._smoothed[f"p_{output}"][newest], self.rho)
+                    self._bound = min(self._bound, float(bound))
+            variance = self.variance
+            self._variance[newest] = variance
+            weight, offset = self._coefficients(variance)
+            if not (math.isfinite(weight) and math.isfinite(offset)):
+                continue  # no finite level yet (an unknown level before any bound)
+            loss_c, p_c, _ = self._best_terms
+            best = loss_c + weight * p_c + offset  # the choice, re-scored at the current level
             for output in self.outputs:
-                value = smoothed[output][offset]
-                self._output_best[output] = min(self._output_best[output], float(value))
-                if value < self._best and not self._decision.should_stop:
-                    self._best = float(value)
+                loss, p = self._smoothed[f"loss_{output}"][newest], self._smoothed[f"p_{output}"][newest]
+                value = loss + weight * p + offset
+                if value < best and not self._decision.should_stop:
+                    best = float(value)
+                    self._best_terms = (float(loss), float(p), output)
                     self._choose(newest - (window - 1) // 2, output, value)
-            self._set_score(smoothed[self.outputs[0]][offset])
+            first_output = self.outputs[0]
+            self._set_score(self._smoothed[f"loss_{first_output}"][newest] + weight * self._smoothed[f"p_{first_output}"][newest] + offset)
             chosen = self._decision.iteration
             if chosen is None or self._decision.should_stop:
                 continue
             if newest - chosen >= max(self.min_patience, self.patience_ratio * chosen):
                 self._fire(newest + 1)  # the fixed wait, also the evidence wait's longest
-            elif self.wait == "evidence" and newest - chosen >= self.min_wait and self._risen(smoothed, offset, newest):
+            elif self.wait == "evidence" and newest - chosen >= self.min_wait and self._risen(newest, weight, offset):
                 self._fire(newest + 1)
 
-    def _risen(self, smoothed: Mapping[str, np.ndarray], offset: int, newest: int) -> bool:
-        """Every output's smoothed risk at ``newest`` is significantly above its minimum."""
+    def _risen(self, newest: int, weight: float, offset: float) -> bool:
+        """Every output's smoothed risk at ``newest`` is significantly above its minimum (both
+        at the current level)."""
         lo = max(0, newest - self.jitter_window + 1)
         for output in self.outputs:
-            rise = smoothed[output][offset] - self._output_best[output]
+            smoothed = self._smoothed[f"loss_{output}"][: newest + 1] + weight * self._smoothed[f"p_{output}"][: newest + 1] + offset
+            rise = smoothed[newest] - np.nanmin(smoothed)
             if not rise > 0:
                 return False
             suffix = "" if output == "raw" else "_ema"
-            recent = self._history["loss" + suffix][lo : newest + 1] + self.weight * self._history["p" + suffix][lo : newest + 1]
+            recent = self._history["loss" + suffix][lo : newest + 1] + weight * self._history["p" + suffix][lo : newest + 1]
             threshold = self.rise_significance * math.sqrt(2.0) * mean_standard_error(recent, self.smoothing)
             self._threshold[output][newest] = threshold
             if not rise >= threshold:  # NaN (too few values) does not stop either
                 return False
         return True
 
+    # -- the estimate -----------------------------------------------------------------------
+    def chosen_terms(self) -> tuple[float, float, OutputKind] | None:
+        """(smoothed loss, smoothed P, output) of the chosen iteration, None before a choice."""
+        if self._decision.iteration is None:
+            return None
+        return self._best_terms
+
     def estimated_error(self) -> float | None:
         """Estimated mean squared error of the chosen output over the probed entries (its
-        smoothed risk times ``error_scale``), None when the risk is not an unbiased estimate."""
-        decision = self._decision
-        if self.error_scale is None or decision.iteration is None:
+        smoothed risk at the current level times ``error_scale``); None when the risk is not
+        an unbiased estimate, the level is 0 (the risk is then the loss: exact observations),
+        or the risk is not positive (an error <= 0 is no estimate)."""
+        terms = self.chosen_terms()
+        if self.error_scale is None or terms is None:
             return None
-        return max(self._best, 0.0) * self.error_scale
+        if self.given_variance is not None and not self.variance > 0:
+            return None
+        weight, offset = self._coefficients()
+        value = (terms[0] + weight * terms[1] + offset) * self.error_scale
+        return value if value > 0 else None
+
+    def estimated_error_interval(self, low: float, high: float) -> tuple[float, float] | None:
+        """The error of the chosen output for every level in ``[low, high]`` times the level
+        in use (the risk is linear in ``s^2``: :func:`oscfast.level.error_interval`); None
+        without a twin-form level or a choice."""
+        terms = self.chosen_terms()
+        level = self.level
+        if terms is None or level is None or self.error_scale is None:
+            return None
+        return error_interval(terms[0], terms[1], low * level, high * level, self.rho)
 
     def scores(self) -> dict[str, np.ndarray]:
         curves = {f"risk ({output})": self.risk(output) for output in self.outputs}
+        shift = (self.smoothing - 1) // 2  # a mean is the choice's value at its window's centre
+        for output in self.outputs:
+            centred = np.full(self._n, np.nan)
+            kept = max(0, self._n - shift)
+            centred[:kept] = self.smoothed_risk(output)[shift : shift + kept]
+            curves[f"risk, {self.smoothing}-mean, centred ({output})"] = centred
         if self.wait == "evidence":
             for output in self.outputs:
                 curves[f"rise needed ({output})"] = self.rise_threshold(output)

@@ -25,6 +25,7 @@ from torch import nn
 
 from oscfast import degradations as dg
 from oscfast import io, operators
+from oscfast import noise_models as nm
 from oscfast.checks import check_bool, check_host_allocation, check_integer, check_real
 from oscfast.probe import gaussian_pseudo_noise, masked_uniform_pseudo_noise
 
@@ -40,6 +41,10 @@ __all__ = [
     "task_names",
     "Task",
     "Denoise",
+    "PoissonDenoise",
+    "SpeckleDenoise",
+    "ImpulseDenoise",
+    "NOISE_MODEL_TASKS",
     "JPEG",
     "SuperResolution",
     "Inpaint",
@@ -91,6 +96,9 @@ class Task(nn.Module):
     degrade_options: ClassVar[tuple[str, ...]] = ()
     #: whether the observation itself must have the minimum size (else only the output)
     checks_observation_size: ClassVar[bool] = True
+    #: the noise model whose data term and probe the task uses (:meth:`Denoise.with_noise`;
+    #: recorded in the result); None: the task's own error model
+    noise_choice: nm.NoiseChoice | None = None
 
     def __init__(self, observation: torch.Tensor, output_size: tuple[int, int]) -> None:
         super().__init__()
@@ -121,7 +129,13 @@ class Task(nn.Module):
         return gaussian_pseudo_noise(tuple(self.observation.shape), std, seed=seed)
 
     def loss(self, measured: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Mean squared error over all measurement entries (as the reference notebooks)."""
+        """The data term of one fit: mean squared error over all measurement entries (as the
+        reference notebooks). A noise model overrides it (:class:`Denoise`'s subclasses).
+
+        Shape:
+            measured, target: (1, C, h, w) (one fit); returns a 0-d tensor. The engine calls it
+            per fit and sums, so each fit's gradient is its own.
+        """
         return torch.mean((measured - target) ** 2)
 
     def finalize(self, image: torch.Tensor) -> torch.Tensor:
@@ -169,20 +183,90 @@ def observation_noise_level(observation: torch.Tensor) -> float:
 
 
 class Denoise(Task):
-    """Gaussian (or other additive) noise: A is the identity."""
+    """Denoising: A is the identity.
+
+    White Gaussian noise by default (MSE, the i.i.d. probe, the risk rule with Donoho's level).
+    ``noise=`` (``restore(..., noise=...)``, ``--noise``) picks another model of
+    :mod:`oscfast.noise_models`, each a subclass that brings its data term, its parameter
+    estimate, its probe and its default rule (``docs/noise-models.md``):
+
+    ========= ================ ========================== =============================
+    noise     data term        probe                      default rule (what it reads)
+    ========= ================ ========================== =============================
+    gaussian  MSE              i.i.d. N(0, std^2)         risk, s = Donoho's level
+    poisson   Poisson NLL (c)  N(0, std^2 v / mean v)     risk, s^2 = mean(v), v = x / c
+    speckle   MSE              N(0, std^2 v / mean v)     risk, s^2 = mean(v), v = c^2 x^2
+    impulse   L1               U on values not 0 or 1     knee of P_twin (no risk: no SURE)
+    ========= ================ ========================== =============================
+
+    ``v`` is :func:`oscfast.noise_models.noise_variance_map` (after clipping), ``c`` estimated
+    from the observation. ``"auto"`` picks the model with
+    :func:`oscfast.noise_models.detect_noise`. :meth:`with_noise` builds the model's task.
+
+    Args:
+        observation: the noisy image, (1, C, H, W).
+        noise: the noise model (:class:`oscfast.noise_models.NoiseChoice`): recorded in the
+            result; None for a task built without one (JPEG, which derives from this class).
+    """
 
     name = "denoise"
+    options = frozenset({"noise"})
     default_output = "ema"
     default_stop = StopDefault("twin", "risk", "ema")
-    degrade_options = ("sigma", "clip")
+    degrade_options = ("noise", "severity", "sigma", "clip")
+    #: the noise model whose data term, probe and rule this class implements
+    noise_kind: ClassVar[nm.NoiseKind] = "gaussian"
 
-    def __init__(self, observation: torch.Tensor) -> None:
+    def __init__(self, observation: torch.Tensor, *, noise: nm.NoiseChoice | None = None) -> None:
         super().__init__(observation, tuple(observation.shape[-2:]))
+        if noise is not None and noise.kind != self.noise_kind:
+            raise ValueError(f"{type(self).__name__} implements {self.noise_kind!r} noise, got a {noise.kind!r} model")
+        self.noise_choice = noise
+
+    @classmethod
+    def with_noise(
+        cls, observation: torch.Tensor, noise: nm.NoiseChoiceName = "gaussian", *, parameter: float | None = None
+    ) -> Denoise:
+        """The denoising task of noise model ``noise`` (its subclass of :class:`Denoise`).
+
+        Args:
+            observation: the noisy image, (1, C, H, W) in [0, 1].
+            noise: ``"gaussian"``, ``"poisson"``, ``"speckle"``, ``"impulse"`` or ``"auto"``.
+            parameter: the model's parameter ``c`` if known (else estimated from the image).
+
+        Raises:
+            ValueError: an unknown ``noise`` (naming the allowed ones) or a bad parameter.
+
+        Example:
+            >>> y = torch.full((1, 3, 32, 32), 0.5)
+            >>> type(Denoise.with_noise(y, "impulse")).__name__
+            'ImpulseDenoise'
+        """
+        choice = nm.choose_noise(_as_image(observation), nm.check_noise_choice(noise), parameter=parameter)
+        return NOISE_MODEL_TASKS[choice.kind](observation, noise=choice)
+
+    @classmethod
+    def from_options(cls, observation: np.ndarray, *, seed: int = 0, **options: Any) -> Task:
+        return cls.with_noise(io.image_to_tensor(observation), options.get("noise", "gaussian"))
 
     @classmethod
     def degrade_image(cls, image: np.ndarray, *, seed: int = 0, **options: Any) -> Observation:
-        """White Gaussian noise: sigma (25/255), clip (True)."""
-        return dg.add_gaussian_noise(image, options.get("sigma", 25 / 255), seed=seed, clip=options.get("clip", True))
+        """White Gaussian noise: sigma (25/255), clip (True); or noise ("gaussian", "poisson",
+        "speckle", "impulse") at severity (1..5, default 3) as ImageNet-C and the ES-WMV
+        benchmark define them (:func:`oscfast.noise_models.add_noise`)."""
+        noise, severity = options.get("noise"), options.get("severity")
+        if noise is None and severity is None:
+            return dg.add_gaussian_noise(image, options.get("sigma", 25 / 255), seed=seed, clip=options.get("clip", True))
+        kind = nm.check_noise_kind("gaussian" if noise is None else noise)
+        if severity is None and kind == "gaussian":
+            return dg.add_gaussian_noise(image, options.get("sigma", 25 / 255), seed=seed, clip=options.get("clip", True))
+        strangers = [name for name in ("sigma", "clip") if options.get(name) is not None]
+        if strangers:
+            raise ValueError(
+                f"{' and '.join(strangers)} apply only to Gaussian noise without severity=; "
+                f"noise={kind!r} at a severity is defined by severity= alone (always clipped)"
+            )
+        return nm.add_noise(image, kind, nm.check_severity(3 if severity is None else severity), seed=seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -193,6 +277,96 @@ class Denoise(Task):
     def noise_level(self) -> float:
         return observation_noise_level(self.observation)
 
+    def _choice(self, noise: nm.NoiseChoice | None) -> nm.NoiseChoice:
+        """``noise``, or this class's model with its parameter estimated from the observation."""
+        return noise if noise is not None else nm.choose_noise(_as_image(self.observation), self.noise_kind)
+
+
+def _as_image(observation: torch.Tensor) -> np.ndarray:
+    """A (1, C, H, W) observation as the HxWxC float64 array :mod:`oscfast.noise_models` reads."""
+    return observation.detach().cpu()[0].permute(1, 2, 0).double().numpy()
+
+
+class _ShapedProbeDenoise(Denoise):
+    """Noise whose variance follows the image (shot, speckle): the probe is shaped like the
+    noise, ``n = std sqrt(v / mean v) b``, so it is the same fraction of the local noise std
+    everywhere and its RMS is ``std``; the risk rule then reads ``s^2 = mean(v)``, the
+    heteroscedastic SURE of docs/noise-models.md (method.md section 8 with v per entry)."""
+
+    def __init__(self, observation: torch.Tensor, *, noise: nm.NoiseChoice | None = None) -> None:
+        super().__init__(observation, noise=noise)
+        self.noise_choice = choice = self._choice(noise)
+        image, c = _as_image(self.observation), float(choice.parameter)
+        self._level = math.sqrt(float(nm.noise_variance_map(image, choice.kind, c).mean()))
+        self._probe_shape = io.image_to_tensor(nm.probe_shape(image, choice.kind, c))
+
+    def pseudo_noise(self, std: float, *, seed: int) -> torch.Tensor:
+        return gaussian_pseudo_noise(tuple(self.observation.shape), std, seed=seed) * self._probe_shape
+
+    def noise_level(self) -> float:
+        """sqrt(mean(v)): the risk rule's s for the shaped probe."""
+        return self._level
+
+
+class PoissonDenoise(_ShapedProbeDenoise):
+    """Shot noise, ``y = Poisson(c x) / c``: the Poisson negative log-likelihood with the
+    estimated photon scale ``c`` (:func:`oscfast.noise_models.poisson_data_term`), the shaped
+    probe (``v = x / c``) and the risk rule."""
+
+    noise_kind = "poisson"
+
+    def __init__(self, observation: torch.Tensor, *, noise: nm.NoiseChoice | None = None) -> None:
+        super().__init__(observation, noise=noise)
+        # a buffer, so that a captured CUDA graph refilled with another image reads its c
+        self.register_buffer("scale", torch.tensor(float(self.noise_choice.parameter), dtype=torch.float32))
+
+    def loss(self, measured: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nm.poisson_data_term(measured, target, scale=self.scale).reshape(())
+
+
+class SpeckleDenoise(_ShapedProbeDenoise):
+    """Speckle noise, ``y = x + x N(0, c^2)``: MSE (the benchmark's setting), the shaped probe
+    (``v = c^2 x^2``) and the risk rule."""
+
+    noise_kind = "speckle"
+
+
+class ImpulseDenoise(Denoise):
+    """Salt and pepper: L1 (:func:`oscfast.noise_models.l1_data_term`), masked uniform
+    pseudo-noise on the values strictly between 0 and 1, and the knee of ``P_twin``.
+
+    SURE does not hold for L1 (no noise density, a non-smooth fit), so ``P_twin`` is read as a
+    shape, the onset of fitting the impulses, by the knee rule; the risk rule does not apply.
+    """
+
+    noise_kind = "impulse"
+    default_stop = StopDefault("twin", "knee", "ema")
+
+    def __init__(self, observation: torch.Tensor, *, noise: nm.NoiseChoice | None = None) -> None:
+        super().__init__(observation, noise=noise)
+        self.noise_choice = self._choice(noise)
+
+    def loss(self, measured: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nm.l1_data_term(measured, target).reshape(())
+
+    def pseudo_noise(self, std: float, *, seed: int) -> torch.Tensor:
+        inside = io.image_to_tensor(nm.probe_shape(_as_image(self.observation), "impulse"))
+        return masked_uniform_pseudo_noise(inside, std, channels=self.channels, seed=seed)
+
+    def noise_level(self) -> float:
+        logger.warning("the risk rule assumes a smooth data term and a noise density; impulse noise (L1) has "
+                       "neither: its default is the knee rule (docs/noise-models.md)")
+        return super().noise_level()
+
+
+#: noise kind -> the denoising task of that model (:meth:`Denoise.with_noise`)
+NOISE_MODEL_TASKS: dict[str, type[Denoise]] = {
+    "gaussian": Denoise,
+    "poisson": PoissonDenoise,
+    "speckle": SpeckleDenoise,
+    "impulse": ImpulseDenoise,
+}
+
 
 class JPEG(Denoise):
     """Blind JPEG-artefact removal: A is the identity, the target is the JPEG image.
@@ -200,7 +374,12 @@ class JPEG(Denoise):
     The risk rule needs the size of the JPEG error. It comes from the quantisation tables
     (``tables``, as Pillow reads them from the file; ``subsampling`` in Pillow's code), or from
     the standard tables of ``quality``; with neither, Donoho's white-noise estimate is used,
-    which sees a few percent of a JPEG's error, so the risk rule then runs to the cap.
+    which sees a few percent of a JPEG's error, so the risk rule then runs to the cap. The
+    tables' level is too high for the risk (it went negative on both recorded JPEG runs): the
+    risk rule cuts it to the run's own bound (:class:`oscfast.stopping.RiskRule`,
+    ``level_bound``), so its risk is never negative. The error is quantisation, not white
+    noise independent of the image, so the risk is a rule here, not an estimate:
+    ``estimated_psnr`` is None (:attr:`estimate_caveat`).
 
     Args:
         observation: the decoded JPEG, (1, C, H, W).
@@ -210,6 +389,10 @@ class JPEG(Denoise):
     """
 
     name = "jpeg"
+    #: why the risk's error estimate is not shown for this task (``Restoration.estimated_psnr_reason``)
+    estimate_caveat: ClassVar[str] = (
+        "JPEG error is quantisation, not white noise independent of the image: the risk ranks iterations but does "
+        "not estimate the error (with the tables' level it went negative on both recorded JPEG runs)")
     options = frozenset({"quality", "quantization", "subsampling"})
     file_options = frozenset({"quantization", "subsampling"})
     default_preset = "snail"
@@ -413,9 +596,19 @@ class RestorePixels(Inpaint):
 
 
 class Deblur(Task):
-    """Deconvolution; A convolves with a known blur kernel."""
+    """Deconvolution; A convolves with a known blur kernel.
+
+    The twin's probe lives in measurement space, so the risk rule's SURE is the error of the
+    *blurred* image: it cannot see errors in the frequencies the blur removes. It still ranks
+    iterations by their fit to the noisy data, but it is no image-space estimate:
+    ``estimated_psnr`` is None (:attr:`estimate_caveat`; docs/twin-probe.md, "Blur").
+    """
 
     name = "deblur"
+    #: why the risk's error estimate is not shown for this task (``Restoration.estimated_psnr_reason``)
+    estimate_caveat: ClassVar[str] = (
+        "the risk of a blur is measured on the blurred image (measurement space): it is blind to the frequencies the "
+        "blur removes (41.5 dB printed for a 21.6 dB image in issue 15), so it is not shown as the image's PSNR")
     options = frozenset({"kernel", "blur_sigma"})
     degrade_options = ("sigma", "kernel", "noise")
 
@@ -658,7 +851,9 @@ def degrade(image: np.ndarray, task: str, *, seed: int = 0, **options: Any) -> O
 
     Tasks, their options (defaults) and what they return:
 
-    - ``"denoise"``: sigma (25/255), clip (True) -> noisy image.
+    - ``"denoise"``: sigma (25/255), clip (True) -> noisy image; or noise (``"gaussian"``,
+      ``"poisson"`` (shot), ``"speckle"``, ``"impulse"``) at severity (1..5, default 3), the
+      ImageNet-C / ES-WMV benchmark definitions (:func:`oscfast.noise_models.add_noise`).
     - ``"jpeg"``: quality (10) -> decoded JPEG.
     - ``"super_resolution"``: factor (4) -> LR image (H / factor, W / factor).
     - ``"inpaint"``: mask (default ``text_mask(seed=seed)``), coverage (0.05) or keep (a random

@@ -409,7 +409,8 @@ def test_warmup_undo_puts_back_tensors_and_rng_and_saves_only_ring_rows(tiny_con
     """What a CUDA graph's warm-up changes is put back exactly, the reg-noise generators' states
     included (so a run resumed from a checkpoint keeps its stream), from copies that hold only the
     ring rows the warm-up writes, and that the memory estimate counts."""
-    from oscfast.engine import BatchRun, _WarmupUndo
+    from oscfast.engine import BatchRun
+    from oscfast.engine.device import _WarmupUndo
 
     config = tiny_config.with_options(max_iterations=40)
     options = cpu(wmv_window=6, change_lag=5)
@@ -438,7 +439,8 @@ def test_resume_with_a_warmup_keeps_the_reg_noise_stream(tiny_config: DIPConfig)
     """A run resumed from its state at iteration 10, with a capture-style warm-up undone before
     it goes on, ends bitwise where the uninterrupted run ends (re-seeding the generators, as the
     capture did before, would replay the stream's start)."""
-    from oscfast.engine import BatchRun, _WarmupUndo
+    from oscfast.engine import BatchRun
+    from oscfast.engine.device import _WarmupUndo
 
     config = tiny_config.with_options(max_iterations=30)
     assert config.reg_noise_std > 0
@@ -606,7 +608,7 @@ def test_device_clock_syncs_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_fp32_runs_turn_tf32_off_inside_the_run_only() -> None:
-    from oscfast.engine import _backend_flags
+    from oscfast.engine.device import _backend_flags
 
     before = torch.backends.cudnn.allow_tf32
     with _backend_flags(EngineOptions(device=torch.device("cuda"))):
@@ -652,10 +654,11 @@ def test_resolve_strategy_names_the_cuda_choice() -> None:
 
 def test_a_capture_that_fails_falls_back_to_eager_with_the_reason(tiny_config: DIPConfig, caplog: pytest.LogCaptureFixture,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import oscfast.engine
-    from oscfast.engine import BatchRun, _graph_or_eager
+    import oscfast.engine.device
+    from oscfast.engine import BatchRun
+    from oscfast.engine.device import _graph_or_eager
 
-    monkeypatch.setattr(oscfast.engine, "cuda_graph_unavailable_reason", lambda: None)
+    monkeypatch.setattr(oscfast.engine.device, "cuda_graph_unavailable_reason", lambda: None)
 
     run = BatchRun([([FitSpec(Denoise(noisy_pair(size=48)[0]))], [cap_watch(10)], 0, None)],
                    tiny_config.with_options(max_iterations=10), options=cpu())
@@ -673,7 +676,7 @@ def test_a_closure_or_physics_operator_moves_with_its_task() -> None:
     """A custom operator's tensors hidden in a closure or in the module behind a bound method
     (a deepinv Physics' A) move with the task; the caller's objects stay where they were; a
     tensor that cannot be moved (a global) is named in a ValueError."""
-    from oscfast.engine import _on_device
+    from oscfast.engine.device import _on_device
     from oscfast.tasks import CustomOperator
 
     weight = torch.full((1, 3, 1, 1), 0.5)

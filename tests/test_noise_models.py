@@ -425,3 +425,41 @@ def test_detect_noise_on_the_benchmark_files() -> None:
         for kind in nm.NOISE_KINDS:
             noisy = _load(f"{image}_{FILE_KIND[kind]}3")[64:192, 64:192] / 255.0
             assert nm.detect_noise(noisy).kind == kind, (image, kind)
+
+
+# --------------------------------------------------------------------------------------------
+# The model a restoration uses
+# --------------------------------------------------------------------------------------------
+def test_poisson_term_takes_a_tensor_scale() -> None:
+    y = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(nm.poisson_data_term(x, y, scale=torch.tensor(12.0)), nm.poisson_data_term(x, y, scale=12.0))
+
+
+def test_choose_noise() -> None:
+    noisy = nm.add_noise(ramp(64), "speckle", 3, seed=0)
+    assert nm.choose_noise(noisy, "gaussian") == nm.NoiseChoice("gaussian")
+    chosen = nm.choose_noise(noisy, "speckle")
+    assert chosen.parameter == pytest.approx(nm.estimate_speckle_level(noisy)) and not chosen.detected
+    assert nm.choose_noise(noisy, "speckle", parameter=0.3).parameter == 0.3
+    with pytest.raises(ValueError, match="noise must be one of .*'auto', got 'shot'"):
+        nm.choose_noise(noisy, "shot")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="parameter= does not apply to noise='auto'"):
+        nm.choose_noise(noisy, "auto", parameter=0.3)
+    with pytest.raises(ValueError, match="impulse share must lie in"):
+        nm.choose_noise(noisy, "impulse", parameter=2.0)
+
+
+def test_probe_shape() -> None:
+    clean = ramp(64)
+    for kind in ("poisson", "speckle"):
+        noisy = nm.add_noise(clean, kind, 3, seed=0)
+        s = nm.probe_shape(noisy, kind, nm.severity_parameter(kind, 3))
+        assert s.shape == noisy.shape and float(np.mean(s.astype(np.float64) ** 2)) == pytest.approx(1.0, rel=1e-5)
+        bright, dark = clean > 0.8, (clean > 0.1) & (clean < 0.3)
+        assert s[bright].mean() > s[dark].mean()  # both noises grow with the intensity
+    impulse = nm.add_noise(clean, "impulse", 3, seed=0)
+    np.testing.assert_array_equal(nm.probe_shape(impulse, "impulse"), ((impulse > 0) & (impulse < 1)).astype(np.float32))
+    np.testing.assert_array_equal(nm.probe_shape(clean, "gaussian"), np.ones(clean.shape, np.float32))
+    with pytest.raises(ValueError, match="nothing to probe"):
+        nm.probe_shape(np.round(clean), "impulse")

@@ -120,6 +120,9 @@ def _rules(cap: int) -> list[StopRule]:
         CapRule(max_iterations=cap),
         RiskRule(0.02, max_iterations=cap, min_patience=20, wait="evidence", min_wait=10, jitter_window=150),
         KneeRule(max_iterations=cap, half_window=30, patience=30, wait="evidence", min_wait=10, jitter_window=100),
+        # the twin's constants at a level above the run's bound: the bound decides (issue 15)
+        RiskRule(0.02, -0.01, max_iterations=cap, min_patience=20, error_scale=1.0, wait="evidence", min_wait=10,
+                 jitter_window=150),
     ]
 
 
@@ -141,7 +144,7 @@ def _signals(cap: int) -> dict[str, np.ndarray]:
     }
 
 
-@pytest.mark.parametrize("index", range(9))
+@pytest.mark.parametrize("index", range(10))
 def test_every_rule_follows_the_protocol(index: int) -> None:
     """Each rule: is a StopRule, reads only what it declares, decides the same whatever the
     chunking, and a state_dict taken midway resumes to the same decision; reset forgets."""
@@ -201,6 +204,42 @@ def test_risk_rule_takes_the_lower_smoothed_risk_and_waits() -> None:
     scaled = RiskRule(1.0, max_iterations=cap, smoothing=5, error_scale=2.0)
     feed(scaled, 25, loss=raw, loss_ema=ema, p=zeros, p_ema=zeros)
     assert scaled.estimated_error() == pytest.approx(2 * 0.009, rel=1e-3)
+
+
+def test_risk_rule_below_the_run_bound_is_the_rule_before_issue_15() -> None:
+    """A level the run's bound does not cut gives the same choice, stop and curves as the rule
+    without the bound; a level above it is cut, and then the risk is never negative."""
+    cap = 800
+    s = np.arange(cap, dtype=float)
+    p = np.clip((s - 100) / 1600, 0, None)
+    loss = 0.01 * (1 - p) + 0.03 * np.exp(-s / 60)  # level 0.1, D = 1 - P
+    signals = {"loss": loss, "p": p, "loss_ema": loss * 1.01, "p_ema": p * 0.9}
+
+    def rule(level: float, bound: float | None) -> RiskRule:
+        constants = risk_constants("twin", noise_level=level, probe_std=0.04, rho=1.0)
+        made = RiskRule(constants.weight, constants.offset, max_iterations=cap, error_scale=1.0, level_bound=bound,
+                        wait="evidence")
+        feed(made, 25, **signals)
+        return made
+
+    kept, old = rule(0.09, 0.85), rule(0.09, None)
+    assert kept.level_source == "given" and kept.level == pytest.approx(0.09)
+    assert (kept.decision.iteration, kept.decision.output, kept.decision.stop_iteration) == (
+        old.decision.iteration, old.decision.output, old.decision.stop_iteration)
+    np.testing.assert_allclose(kept.smoothed_risk("ema"), old.smoothed_risk("ema"), rtol=1e-12, equal_nan=True)
+    cut, uncut = rule(0.2, 1.0), rule(0.2, None)
+    assert cut.level_source == "run bound" and cut.level < 0.2 and cut.level == pytest.approx(cut.run_level_bound())
+    assert np.nanmin(cut.smoothed_risk("raw")) >= 0 > np.nanmin(uncut.smoothed_risk("raw"))
+    assert cut.decision.iteration > uncut.decision.iteration  # a level too high stops early; the cut less so
+
+
+def test_risk_scores_before_the_first_window_are_nan() -> None:
+    rule = RiskRule(0.02, -0.01, max_iterations=100, error_scale=1.0)
+    rule.update(Signals.of(0, loss=np.full(8, 0.02), p=np.zeros(8), loss_ema=np.full(8, 0.02), p_ema=np.zeros(8)))
+    scores = rule.scores()
+    assert all(v.shape == (8,) for v in scores.values())
+    assert all(np.isnan(v).all() for label, v in scores.items() if "-mean" in label)
+    assert rule.level == pytest.approx(0.1) and rule.estimated_error() is None
 
 
 # -- knee ------------------------------------------------------------------------------------------

@@ -49,9 +49,10 @@ class Candidate:
     noise: str = "task"
 
 
-def candidate_rules(task_name: str) -> list[Candidate]:
+def candidate_rules(task_name: str | Task) -> list[Candidate]:
     """The rules every evaluation run watches: the task's default first (it drives the run),
-    then today's inline rules, the twin rules, the peers and the plateau variants."""
+    then today's inline rules, the twin rules, the peers and the plateau variants. For a Task
+    object its own class gives the default (a noise model's rule, :func:`oscfast.plan.default_stop`)."""
     default = default_stop(task_name)
     candidates = [Candidate("default", default.probe, default.rule, {"output": default.output})]
     candidates += [
@@ -144,7 +145,7 @@ def record(
     """
     stop = stop or StopConfig()
     options = options or EngineOptions()
-    candidates = list(candidates or candidate_rules(task.name))
+    candidates = list(candidates or candidate_rules(task))
     if not candidates:
         raise ValueError("need at least one candidate rule")
     cap = config.max_iterations
