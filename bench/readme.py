@@ -39,7 +39,13 @@ def block_demo() -> str:
     return (f"On the development machine ({_cpu(row['machine'])}) it took {row['seconds']:.0f} s "
             f"(`python bench/demo_run.py`, `bench/results/{files[-1].with_suffix('.md').name}`): noisy input "
             f"{row['noisy_psnr']:.2f} dB, restored {row['restored_psnr']:.2f} dB ({row['output']} output of iteration "
-            f"{row['stop_iteration']}{rule}), stopped after {row['iterations_run']} of {row['cap']} iterations.")
+            f"{row['stop_iteration']}{rule}), stopped after {row['iterations_run']} of {row['cap']} iterations"
+            + (f", load average {row['load_before']:.2f} before the run"
+               + ("" if row.get("idle_machine") else " (**not an idle machine**: other work shared the CPU)")
+               if "load_before" in row else "")
+            + (f"; estimated PSNR {row['estimated_psnr']:.2f} dB." if row.get("estimated_psnr") is not None
+               else f"; no PSNR estimate printed ({row['estimated_psnr_reason']})." if row.get("estimated_psnr_reason")
+               else "."))
 
 
 def block_rules() -> str:

@@ -1,21 +1,29 @@
-"""Throughput: per-iteration speed of every variant and images per hour against the batch size,
-side by side in one process (same net, size and seed).
+"""Throughput: the time of one step, side by side in one process (same net, size and seed), and
+optionally images per hour against the batch size.
 
-    python bench/throughput.py --device cpu --sizes 64 128          # CPU
+    python bench/throughput.py --device cpu                          # CPU: 64, 128, 256 px (~2-3 min on 2 idle cores)
     python bench/throughput.py --device cuda --sizes 256 512         # GPU
 
-Variants: a naive eager loop written like the DIP notebooks; the oscfast engine in fp32, bf16
-(measured everywhere, flagged where the device has no native bf16) and with torch.compile
-(compile time reported apart). Images per hour: restore_many with K = 1, 2, 4, 8 restorations
-per step against K sequential single runs (plain DIP to a fixed count, so every image costs the
-same). Writes bench/results/throughput-<machine>.md/.json; the CPU's capability is in the header.
+Per step, interleaved (each round steps every variant once, in turn, so that a change of the
+machine's load hits all of them alike): an upstream-style loop written like the DIP denoising
+notebook (separate ReflectionPad2d + conv, BatchNorm, LeakyReLU, bilinear upsampling,
+torch.optim.Adam, host-side loss, PSNR and EMA every iteration) against oscfast's step as
+``restore`` builds it: plain DIP (``pseudo_noise_std=0``, one fit) and the default twin (two
+fits, with the strategy ``"auto"`` picks and with ``"threads"``), bf16 where native, compiled on
+request. Images per hour (``--images-per-hour``): restore_many with K = 1, 2, 4, 8 restorations per
+step. Writes bench/results/throughput-<machine>.md/.json, the file the README block reads, only
+when the 1-minute load average before the run was at most ``--max-load`` (0.5): a run on a busy
+machine is written, flagged, under bench/results/loaded/ instead.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,21 +31,19 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, machine_header, machine_tag, write_results  # noqa: E402
+from common import RESULTS, machine, machine_header, machine_tag, write_results
+from oscfast.kernels import IncrementalCurvature, warm_up
+from oscfast.models import DENOISE_SPEC, build_net
 
 from oscfast.config import DIPConfig, StopConfig
 from oscfast.degradations import add_gaussian_noise
 from oscfast.demo import demo_image
-from oscfast.engine import EngineOptions, FitSpec, Watch, make_input, run_fits
+from oscfast.engine import BatchRun, make_input
 from oscfast.hardware import native_bf16
 from oscfast.io import image_to_tensor
-from oscfast.kernels import IncrementalCurvature, warm_up
 from oscfast.many import restore_many
-from oscfast.metrics import psnr_torch
-from oscfast.models import DENOISE_SPEC, build_net
-from oscfast.probe import gaussian_pseudo_noise, projection
-from oscfast.stopping import CapRule, RiskRule
-from oscfast.tasks import Denoise
+from oscfast.prepare import RunOptions, prepare
+from oscfast.probe import projection
 
 
 def reference_style_net(output_channels: int) -> nn.Module:
@@ -59,65 +65,74 @@ def reference_style_net(output_channels: int) -> nn.Module:
     return net
 
 
-def naive_loop(size: int, iterations: int, device: torch.device, seed: int = 0) -> list[float]:
-    """Eager NCHW loop with per-iteration host-side PSNR, loss logging and EMA (as in the
-    DIP notebooks). Returns seconds per iteration."""
-    clean = demo_image(size)
-    noisy = add_gaussian_noise(clean, 25 / 255, seed=seed)
-    torch.manual_seed(seed)
-    net = reference_style_net(3).to(device)
-    z = make_input(DIPConfig(), size, size, seed=seed + 1).to(device)
-    target = image_to_tensor(noisy).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
-    ema = None
-    times = []
-    losses, psnrs, psnrs_ema = [], [], []
-    # fp32 as the engine's "fp32" runs it: no TF32 convolutions (torch's cuDNN default allows them)
-    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
-        for _ in range(iterations):
-            start = time.perf_counter()
-            optimizer.zero_grad()
-            net_input = z + torch.randn_like(z) * (1 / 30)
-            out = net(net_input)
-            loss = torch.mean((out - target) ** 2)
+class UpstreamLoop:
+    """One iteration of the DIP denoising notebook's loop per call: eager NCHW, reg-noise on the
+    input, MSE, backward, the output copied to the host for the loss, PSNR and EMA (numpy),
+    torch.optim.Adam (the notebook's structure, with its net: :func:`reference_style_net`)."""
+
+    def __init__(self, size: int, device: torch.device, seed: int = 0) -> None:
+        self.clean = demo_image(size)
+        noisy = add_gaussian_noise(self.clean, 25 / 255, seed=seed)
+        torch.manual_seed(seed)
+        self.device = device
+        self.net = reference_style_net(3).to(device)
+        self.z = make_input(DIPConfig(), size, size, seed=seed + 1).to(device)
+        self.target = image_to_tensor(noisy).to(device)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=0.01)
+        self.ema: np.ndarray | None = None
+        self.history: list[tuple[float, float, float]] = []
+
+    def step(self) -> None:
+        # fp32 as the engine's "fp32" runs it: no TF32 convolutions (torch's cuDNN default allows them)
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
+            self.optimizer.zero_grad()
+            out = self.net(self.z + torch.randn_like(self.z) * (1 / 30))
+            loss = torch.mean((out - self.target) ** 2)
             loss.backward()
             out_np = out.detach().cpu().numpy()[0].transpose(1, 2, 0)
-            ema = out_np if ema is None else 0.99 * ema + 0.01 * out_np
-            losses.append(loss.item())
-            psnrs.append(-10 * np.log10(np.mean((out_np - clean) ** 2)))
-            psnrs_ema.append(-10 * np.log10(np.mean((ema - clean) ** 2)))
-            optimizer.step()
-            if device.type == "cuda":
+            self.ema = out_np if self.ema is None else 0.99 * self.ema + 0.01 * out_np
+            self.history.append((loss.item(), -10 * np.log10(np.mean((out_np - self.clean) ** 2)),
+                                 -10 * np.log10(np.mean((self.ema - self.clean) ** 2))))
+            self.optimizer.step()
+            if self.device.type == "cuda":
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
+
+
+def engine_step(size: int, device: torch.device, *, twin: bool, precision: str = "fp32", strategy: str | None = None,
+                compile: bool = False, seed: int = 0) -> Callable[[], None]:
+    """oscfast's step as ``restore(noisy, "denoise", stop="never")`` builds it: the twin probe
+    (two fits, the default) or plain DIP (``pseudo_noise_std=0``, one fit); one call is one
+    step, synchronised with the device (the host's own syncs every ``sync_every`` steps only
+    read the trace, and are left out)."""
+    noisy = add_gaussian_noise(demo_image(size), 25 / 255, seed=seed)
+    options = RunOptions(stop="never", max_iterations=10_000, progress=False, device=device, precision=precision,
+                         pseudo_noise_std=None if twin else 0.0, seed=seed)
+    job = prepare(noisy, "denoise", options, {})
+    engine = replace(job.engine, compile=compile, cuda_graph=False, check_memory=False,
+                     **({"strategy": strategy} if strategy else {}))
+    state = BatchRun([(job.plan.fits, [job.plan.watch], 0, None)], job.config, options=engine).state
+
+    def step() -> None:
+        state.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return step
+
+
+def interleaved(steps: dict[str, Callable[[], None]], rounds: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per step of each variant, stepped in turn: ``warmup`` untimed rounds, then
+    ``rounds`` timed ones."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
     return times
-
-
-def engine_loop(size: int, iterations: int, device: torch.device, precision: str, sync_every: int, *,
-                compile: bool = False, twin: bool = False, seed: int = 0) -> tuple[list[float], float]:
-    """The oscfast engine with the default signals on (P, loss and PSNR of the raw and the
-    averaged output, on the device): seconds per iteration measured between host syncs, after
-    the first two syncs (capture, warm-up, compilation); and the seconds until the first sync."""
-    clean = demo_image(size)
-    noisy = add_gaussian_noise(clean, 25 / 255, seed=seed)
-    task = Denoise(image_to_tensor(noisy))
-    noise = gaussian_pseudo_noise((1, 3, size, size), 1 / 25, seed=seed + 1000)
-    fits = [FitSpec(task, seed, probe=noise)] + ([FitSpec(task, seed, probe=noise, noisy_target=True)] if twin else [])
-    config = DIPConfig(max_iterations=iterations)
-    rule = RiskRule(2 * (25 / 255) ** 2, max_iterations=iterations, min_patience=10**9)
-    watch = Watch(rule, fit=0, probe=1, base=0) if twin else Watch(CapRule(max_iterations=iterations))
-    target = image_to_tensor(clean).to(device)
-    stamps: list[tuple[int, float]] = []
-    options = EngineOptions(device=device, precision=precision, progress=False, sync_every=sync_every, compile=compile)
-    start = time.perf_counter()
-    run_fits(fits, config, [watch], stop_mode="never", metrics={"psnr": lambda x: psnr_torch(target, x)},
-             extra_signals=("p", "p_ema", "loss_ema"), options=options,
-             on_sync=lambda info: stamps.append((info.iteration, time.perf_counter())))
-    first = stamps[0][1] - start
-    per_iteration = []
-    for (d0, t0), (d1, t1) in zip(stamps[1:], stamps[2:]):
-        per_iteration.extend([(t1 - t0) / (d1 - d0)] * (d1 - d0))
-    return per_iteration, first
 
 
 def images_per_hour(size: int, batch: int, images: int, iterations: int, device: torch.device, strategy: str) -> float:
@@ -190,96 +205,122 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=None)
-    parser.add_argument("--iterations", type=int, default=None, help="timed iterations per variant")
-    parser.add_argument("--sync-every", type=int, default=25)
+    parser.add_argument("--rounds", type=int, default=None, help="timed steps per variant (interleaved rounds)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's, the cores)")
+    parser.add_argument("--max-load", type=float, default=0.5,
+                        help="the highest 1-minute load average (other processes, before the run) of a run written "
+                             "where the README block reads it")
+    parser.add_argument("--compile", action="store_true", help="also time the engine under torch.compile (slow to start)")
+    parser.add_argument("--emulated-bf16", action="store_true",
+                        help="time bf16 also where the device has no native bf16 (slow: emulated)")
+    parser.add_argument("--images-per-hour", action="store_true", help="also time restore_many with K = --batches")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--batch-size", type=int, default=None, help="image size of the images-per-hour runs")
     parser.add_argument("--batch-iterations", type=int, default=None)
-    parser.add_argument("--no-compile", dest="compile", action="store_false")
-    parser.add_argument("--emulated-bf16", action="store_true",
-                        help="time bf16 also where the device has no native bf16 (slow: emulated)")
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]  # before this process does any work: the other processes' load
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    sizes = args.sizes or ([256, 512] if gpu else [64, 128])
+    sizes = args.sizes or ([256, 512] if gpu else [64, 128, 256])
     info = machine()
+    info["load_average_1m_before"] = round(load_before, 2)
+    loaded = load_before > args.max_load
+    if loaded:
+        print(f"WARNING: 1-minute load average {load_before:.2f} > {args.max_load} before the run: the times are "
+              "not those of an idle machine; the result is written flagged, under bench/results/loaded/", flush=True)
     has_bf16 = native_bf16(device)
     peak32 = matmul_peak(device, torch.float32, 8192 if gpu else 2048)
     peak16 = matmul_peak(device, torch.bfloat16, 8192 if gpu else 1024) if gpu or has_bf16 or args.emulated_bf16 else float("nan")
     rows = []
     for size in sizes:
-        iterations = args.iterations or (300 if gpu else 40)
+        rounds = args.rounds or (100 if gpu else {64: 30, 128: 20}.get(size, 10))
         flops = iteration_flops(size, device)
-        total = iterations + 2 * args.sync_every
-        variants = {
-            "naive loop": lambda: (naive_loop(size, iterations, device), float("nan")),
-            "engine fp32": lambda: engine_loop(size, total, device, "fp32", args.sync_every),
-            "engine fp32, twin (2 fits)": lambda: engine_loop(size, total, device, "fp32", args.sync_every, twin=True),
+        variants: dict[str, Callable[[], None]] = {
+            "upstream-style loop": UpstreamLoop(size, device).step,
+            "engine fp32, plain (1 fit)": engine_step(size, device, twin=False),
+            "engine fp32, twin (2 fits, auto)": engine_step(size, device, twin=True),
         }
+        if not gpu:
+            variants["engine fp32, twin (2 fits, threads)"] = engine_step(size, device, twin=True, strategy="threads")
         if has_bf16 or args.emulated_bf16:
-            variants["engine bf16"] = lambda: engine_loop(size, total, device, "bf16", args.sync_every)
+            variants["engine bf16, plain (1 fit)"] = engine_step(size, device, twin=False, precision="bf16")
         if args.compile:
-            variants["engine fp32 compiled"] = lambda: engine_loop(size, total, device, "fp32", args.sync_every, compile=True)
-        medians, firsts = {}, {}
-        for name, run in variants.items():
-            times, first = run()
-            skip = max(2, len(times) // 10) if name == "naive loop" else 0
-            medians[name], firsts[name] = statistics.median(times[skip:]), first
+            variants["engine fp32 compiled, plain (1 fit)"] = engine_step(size, device, twin=False, compile=True)
+        times = interleaved(variants, rounds)
+        medians = {name: statistics.median(values) for name, values in times.items()}
+        plain = medians["engine fp32, plain (1 fit)"]
         book = bookkeeping_seconds(size, device)
         for name, seconds in medians.items():
             bf16 = "bf16" in name
             work = flops * (2 if "twin" in name else 1)
             rows.append({
-                "size": size, "variant": name, "ms_per_iteration": 1000 * seconds,
-                "speedup_vs_naive": medians["naive loop"] / seconds, "gflops": work / seconds / 1e9,
+                "size": size, "variant": name, "ms_per_step": 1000 * seconds,
+                "ms_spread": [1000 * min(times[name]), 1000 * max(times[name])],
+                "vs_upstream": medians["upstream-style loop"] / seconds,
+                "vs_plain": seconds / plain, "gflops": work / seconds / 1e9,
                 "share_of_peak": work / seconds / (peak16 if bf16 else peak32),
-                "bookkeeping_share": book / seconds, "first_sync_s": firsts[name],
-                "native": (not bf16) or has_bf16,
+                "bookkeeping_share": book / seconds, "native": (not bf16) or has_bf16, "rounds": rounds,
             })
-            print(f"{size:5d} {name:28s} {1000 * seconds:9.2f} ms/it  x{rows[-1]['speedup_vs_naive']:.2f}", flush=True)
-    batch_size = args.batch_size or (256 if gpu else 64)
-    batch_iterations = args.batch_iterations or (200 if gpu else 50)
+            print(f"{size:5d} {name:38s} {1000 * seconds:9.2f} ms/step  x{rows[-1]['vs_upstream']:.2f} vs upstream  "
+                  f"{rows[-1]['vs_plain']:.2f}x plain", flush=True)
     throughput = []
-    for strategy in (["vmap"] if gpu else ["loop", "vmap"]):
-        for batch in args.batches:
-            images = max(batch, 2) * (2 if gpu else 1)
-            per_hour = images_per_hour(batch_size, batch, images, batch_iterations, device, strategy)
-            throughput.append({"strategy": strategy, "batch": batch, "images": images, "images_per_hour": per_hour})
-            print(f"batch {batch} ({strategy}): {per_hour:.0f} images/hour", flush=True)
-    sequential = {row["strategy"]: row["images_per_hour"] for row in throughput if row["batch"] == 1}
-    for row in throughput:
-        row["vs_sequential"] = row["images_per_hour"] / sequential.get("loop", sequential.get(row["strategy"]))
+    if args.images_per_hour:
+        batch_size = args.batch_size or (256 if gpu else 64)
+        batch_iterations = args.batch_iterations or (200 if gpu else 50)
+        for strategy in (["vmap"] if gpu else ["loop", "threads", "vmap"]):
+            for batch in args.batches:
+                images = max(batch, 2) * (2 if gpu else 1)
+                per_hour = images_per_hour(batch_size, batch, images, batch_iterations, device, strategy)
+                throughput.append({"strategy": strategy, "batch": batch, "images": images, "images_per_hour": per_hour})
+                print(f"batch {batch} ({strategy}): {per_hour:.0f} images/hour", flush=True)
+        sequential = {row["strategy"]: row["images_per_hour"] for row in throughput if row["batch"] == 1}
+        for row in throughput:
+            row["vs_sequential"] = row["images_per_hour"] / sequential.get("loop", sequential.get(row["strategy"]))
+    load_after = os.getloadavg()[0]
+    info["load_average_1m_after"] = round(load_after, 2)
     capability = f"CPU {info['cpu_model']}, torch capability {info['cpu_capability']}, native bf16: {info['native_bf16']}"
+    flag = (f"**FLAGGED: the 1-minute load average was {load_before:.2f} before the run (> {args.max_load}): other "
+            "processes shared the CPU, so these are not idle-machine times.**\n\n" if loaded else "")
     header = (
-        "# Throughput: per-iteration speed and images per hour (denoising net 32->3, 128/128/4, 5 scales)\n\n"
-        f"{machine_header(info)}\n- {capability if not gpu else info.get('gpu')}\n"
+        "# Throughput: the time of one step (denoising net 32->3, 128/128/4, 5 scales)\n\n"
+        + flag
+        + f"{machine_header(info)}\n- {capability if not gpu else info.get('gpu')}\n"
         f"- matmul peak fp32 {peak32 / 1e12:.3f} TFLOP/s, bf16 {peak16 / 1e12:.3f} TFLOP/s\n"
-        f"- command: `python bench/throughput.py {' '.join(sys.argv[1:])}`\n\n"
-        "naive loop = eager NCHW loop like the DIP notebooks (separate ReflectionPad2d, host-side PSNR/EMA/loss every "
-        "iteration); engine = oscfast's step with P, loss and PSNR of both outputs on the device, host sync every "
-        f"{args.sync_every} iterations" + (", CUDA graph" if gpu else "") + ". 'first sync' includes warm-up, capture "
-        "and compilation. bf16 rows marked 'emulated' ran without native bf16 arithmetic"
-        + ("" if has_bf16 or args.emulated_bf16 else "; this device has no native bf16, so bf16 was not timed (--emulated-bf16 times it anyway)")
-        + ".\n\n"
-        "| size | variant | ms/it | vs naive | GFLOP/s | share of matmul peak | bookkeeping share | first sync (s) |\n"
-        "|---|---|---|---|---|---|---|---|\n"
+        f"- command: `python bench/throughput.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n"
+        "naive loop = the upstream-style loop: the DIP denoising notebook's structure (separate ReflectionPad2d + conv, "
+        "BatchNorm, LeakyReLU, bilinear upsampling, torch.optim.Adam, host-side loss, PSNR and EMA every iteration). "
+        "engine = oscfast's step as `restore(noisy, 'denoise', stop='never')` builds it: plain DIP "
+        "(`pseudo_noise_std=0`, one fit) and the default twin (two fits; 'auto' is the loop strategy on a CPU, "
+        "'threads' runs the two fits in parallel, one CPU thread each). All variants stepped in turn, one step each per "
+        f"round, in one process, {torch.get_num_threads()} torch threads; the median step, with the fastest and slowest "
+        f"in brackets. Load average (1 min) {load_before:.2f} before the run, {load_after:.2f} after it (this run's "
+        "own work included).\n\n"
+        "| size | variant | ms/step | vs upstream-style loop | vs plain step | GFLOP/s | share of matmul peak | "
+        "bookkeeping share |\n|---|---|---|---|---|---|---|---|\n"
         + "".join(
-            f"| {r['size']} | {r['variant']}{'' if r['native'] else ' (emulated)'} | {r['ms_per_iteration']:.2f} | "
-            f"{r['speedup_vs_naive']:.2f}x | {r['gflops']:.0f} | {100 * r['share_of_peak']:.1f}% | "
-            f"{100 * r['bookkeeping_share']:.3f}% | {r['first_sync_s']:.1f} |\n"
+            f"| {r['size']} | {r['variant']}{'' if r['native'] else ' (emulated)'} | {r['ms_per_step']:.1f} "
+            f"[{r['ms_spread'][0]:.0f}-{r['ms_spread'][1]:.0f}] | {r['vs_upstream']:.2f}x | {r['vs_plain']:.2f}x | "
+            f"{r['gflops']:.0f} | {100 * r['share_of_peak']:.1f}% | {100 * r['bookkeeping_share']:.3f}% |\n"
             for r in rows
         )
-        + f"\nImages per hour, {batch_size} px, plain DIP to {batch_iterations} iterations per image, restore_many with "
-        "K restorations per step (loop: fits one after the other in the step; vmap: batched kernels):\n\n"
-        "| strategy | K | images | images/hour | vs sequential (K = 1, loop) |\n|---|---|---|---|---|\n"
-        + "".join(f"| {r['strategy']} | {r['batch']} | {r['images']} | {r['images_per_hour']:.0f} | {r['vs_sequential']:.2f}x |\n"
-                  for r in throughput)
     )
+    if throughput:
+        header += (
+            f"\nImages per hour, {batch_size} px, plain DIP to {batch_iterations} iterations per image, restore_many "
+            "with K restorations per step (loop: fits one after the other in the step; threads: in parallel threads; "
+            "vmap: batched kernels):\n\n"
+            "| strategy | K | images | images/hour | vs sequential (K = 1, loop) |\n|---|---|---|---|---|\n"
+            + "".join(f"| {r['strategy']} | {r['batch']} | {r['images']} | {r['images_per_hour']:.0f} | "
+                      f"{r['vs_sequential']:.2f}x |\n" for r in throughput)
+        )
+    out_dir = args.out_dir or (RESULTS / "loaded" if loaded else None)
     name = f"throughput-{machine_tag(info)}"
-    path = write_results(name, header, {"machine": info, "peak_fp32": peak32, "peak_bf16": peak16, "rows": rows,
-                                        "throughput": throughput}, args.out_dir)
-    print(f"wrote {path}")
+    path = write_results(name, header, {"machine": info, "flagged": loaded, "peak_fp32": peak32, "peak_bf16": peak16,
+                                        "rows": rows, "throughput": throughput}, out_dir)
+    print(f"wrote {path}" + (" (FLAGGED: loaded machine)" if loaded else ""))
     return 0
 
 

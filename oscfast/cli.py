@@ -286,7 +286,8 @@ def _restore(args: argparse.Namespace) -> int:
         if result.psnr is not None:
             line += f", PSNR {result.psnr:.2f} dB"
         if result.estimated_psnr is not None:
-            line += f", estimated PSNR {result.estimated_psnr:.2f} dB"
+            low, high = result.estimated_psnr_interval or (result.estimated_psnr, result.estimated_psnr)
+            line += f", estimated PSNR {result.estimated_psnr:.2f} dB ({low:.2f} to {high:.2f})"
         if args.noise is not None:
             line += f", noise model {result.noise_model}"
             if result.noise_confidence is not None:
@@ -372,7 +373,10 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"noisy input     PSNR {report.noisy_psnr:6.2f} dB")
     print(f"restored output PSNR {report.restored_psnr:6.2f} dB  ({result.output} output)")
     if result.estimated_psnr is not None:
-        print(f"the rule's own estimate of that PSNR: {result.estimated_psnr:.2f} dB")
+        low, high = result.estimated_psnr_interval or (result.estimated_psnr, result.estimated_psnr)
+        print(f"the rule's own estimate of that PSNR: {result.estimated_psnr:.2f} dB ({low:.2f} to {high:.2f})")
+    elif result.estimated_psnr_reason:
+        print(f"no PSNR estimate: {result.estimated_psnr_reason}")
     fired = f"rule '{result.rule}' fired" if result.stop_reason != "cap" else f"rule '{result.rule}' did not fire: cap reached"
     print(
         f"stop iteration {result.stop_iteration}, iterations run {result.iterations_run} "

@@ -49,6 +49,9 @@ class StopConfig:
         es_patience: ES-WMV / ES-EMV patience (1000 in their notebooks).
         plateau_db, plateau_patience: plateau rule.
         sync_every: iterations between two reads of the device buffers by the host.
+        level_bound: kappa of the risk rule's level cut from the run (the level used is
+            min(level^2, kappa * B), B the run's own upper bound on s^2; docs/twin-probe.md, "The
+            level"); None: no cut. A ``noise_level`` the caller gives is used as it is.
         level_tolerance: the relative uncertainty of a given ``noise_level`` (its interval is
             ``noise_level x (1 -+ level_tolerance)``; 0.02: clipping to [0, 1] lowers the
             effective level of 25/255 noise by ~2% on F16), for ``estimated_psnr``.
@@ -82,10 +85,14 @@ class StopConfig:
     plateau_patience: int = 200
     sync_every: int = 25
     level_tolerance: float = 0.02
+    level_bound: float | None = 0.85
     estimated_level_range: tuple[float, float] = (0.8, 1.05)
     max_estimate_width_db: float = 2.0
 
     def __post_init__(self) -> None:
+        if self.level_bound is not None and (isinstance(self.level_bound, bool) or not isinstance(self.level_bound, (int, float))
+                                             or not (math.isfinite(self.level_bound) and self.level_bound > 0)):
+            raise ValueError(f"level_bound must be a number > 0 or None, got {self.level_bound!r}")
         for name in ("pseudo_noise_std", "noise_level", "significance", "min_curvature", "min_rise", "patience_ratio", "plateau_db",
                      "rise_significance"):
             value = getattr(self, name)

@@ -5,8 +5,10 @@ one batch. Their parameters are stacked instead (leading dimension K, one slot p
 the network is applied per slot, either with ``torch.func.vmap`` over
 ``torch.func.functional_call`` (one batched kernel per layer: grouped convolutions; what a
 GPU wants) or slot by slot in a Python loop (what a 2-core CPU runs fastest, and bit-identical
-to a single run). Either way the fits never mix: the loss is a sum over fits, so each slot's
-gradient is its own fit's gradient, and :class:`StackedAdam` keeps one step count per slot.
+to a single run), or slot by slot in parallel worker threads, each fit on one CPU thread
+(``"threads"``: K fits on K cores without the synchronisation of intra-op threads). Either way
+the fits never mix: each slot's gradient is its own fit's gradient, and :class:`StackedAdam`
+keeps one step count per slot.
 
 Example:
     >>> from oscfast.models import NetSpec
@@ -25,7 +27,8 @@ import copy
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Literal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
@@ -38,23 +41,30 @@ logger = logging.getLogger(__name__)
 __all__ = ["CUDA_STRATEGY", "Strategy", "StackedAdam", "StackedGenerators", "initial_net", "resolve_strategy",
            "without_running_stats"]
 
-Strategy = Literal["auto", "loop", "vmap"]
+Strategy = Literal["auto", "loop", "vmap", "threads"]
+_R = TypeVar("_R")
 
 #: what ``strategy="auto"`` runs on CUDA with several fits. Unmeasured: no GPU has run this
 #: version (vmap's batched kernels are the usual GPU choice; bench/gpu_check.sh times both)
 CUDA_STRATEGY: Literal["loop", "vmap"] = "vmap"
 
 
-def resolve_strategy(strategy: Strategy, device: torch.device, num_fits: int) -> Literal["loop", "vmap"]:
+def resolve_strategy(strategy: Strategy, device: torch.device, num_fits: int) -> Literal["loop", "vmap", "threads"]:
     """The strategy ``"auto"`` stands for: :data:`CUDA_STRATEGY` on CUDA with several fits,
     the loop otherwise (measured faster on a 2-core CPU, bench/results/throughput-cpu2.md,
-    and bit-identical to a single run); ``"loop"`` and ``"vmap"`` as given.
+    and bit-identical to a single run); ``"loop"``, ``"vmap"`` and ``"threads"`` as given.
+
+    ``"threads"`` (CPU only) steps the fits in parallel worker threads, one intra-op thread
+    each: every fit computes what a single run with ``torch.set_num_threads(1)`` computes,
+    bit for bit, which differs in rounding from a run with more intra-op threads.
 
     Raises:
-        ValueError: an unknown strategy.
+        ValueError: an unknown strategy, or ``"threads"`` on a device that is not a CPU.
     """
-    if strategy not in ("auto", "loop", "vmap"):
-        raise ValueError(f"unknown strategy {strategy!r}; expected 'auto', 'loop' or 'vmap'")
+    if strategy not in ("auto", "loop", "vmap", "threads"):
+        raise ValueError(f"unknown strategy {strategy!r}; expected 'auto', 'loop', 'vmap' or 'threads'")
+    if strategy == "threads" and device.type != "cpu":
+        raise ValueError(f"strategy 'threads' runs fits on CPU threads; the device is {device}")
     if strategy != "auto":
         return strategy
     return CUDA_STRATEGY if device.type == "cuda" and num_fits > 1 else "loop"
@@ -99,8 +109,8 @@ class StackedGenerators(nn.Module):
         spec: the architecture.
         output_channels: image channels.
         seeds: one seed per fit; equal seeds give equal initial weights.
-        strategy: ``"loop"`` (slot by slot), ``"vmap"`` (batched) or ``"auto"``
-            (:func:`resolve_strategy`).
+        strategy: ``"loop"`` (slot by slot), ``"vmap"`` (batched), ``"threads"`` (slot by
+            slot in parallel threads, :meth:`map_slots`) or ``"auto"`` (:func:`resolve_strategy`).
         device: where the parameters live.
         compile: run the forward through ``torch.compile``.
         compute_dtype: ``torch.bfloat16`` to run the convolutions in bf16 under vmap. Autocast
@@ -131,7 +141,7 @@ class StackedGenerators(nn.Module):
         self.spec = spec
         self.output_channels = output_channels
         self.num_fits = len(seeds)
-        self.strategy: Literal["loop", "vmap"] = resolve_strategy(strategy, device, self.num_fits)
+        self.strategy: Literal["loop", "vmap", "threads"] = resolve_strategy(strategy, device, self.num_fits)
         self.compute_dtype = compute_dtype
         nets = [initial_net(spec, output_channels, seed) for seed in seeds]
         self._template = [copy.deepcopy(nets[0]).to("meta")]  # a list: not a submodule
@@ -152,8 +162,12 @@ class StackedGenerators(nn.Module):
         # the loop strategy runs one shell module per slot whose parameter slots are filled
         # with views of the stacked tensors at each call: functional_call's module walk costs
         # milliseconds per call, which small nets notice
-        self._shells = [copy.deepcopy(self._template[0]) for _ in range(self.num_fits)] if self.strategy == "loop" else []
+        per_slot = self.strategy in ("loop", "threads")
+        self._shells = [copy.deepcopy(self._template[0]) for _ in range(self.num_fits)] if per_slot else []
         self._owners = [_owner(shell, names) for shell in self._shells]
+        #: the worker threads of the "threads" strategy (started on first use)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_workers = 0
         if compute_dtype is not None and self.strategy == "vmap":
             # as autocast would: each convolution's input in the compute dtype (a BatchNorm with
             # fp32 affine parameters hands fp32 on)
@@ -166,7 +180,7 @@ class StackedGenerators(nn.Module):
         if compile:
             template = self._template[0]
             single = lambda params, x: functional_call(template, params, (x,))  # noqa: E731
-            self._compiled = torch.compile(single if self.strategy == "loop" else vmap(single))
+            self._compiled = torch.compile(single if self.strategy != "vmap" else vmap(single))
 
     # -- parameters ---------------------------------------------------------------------------
     def slot_parameters(self, slot: int) -> dict[str, torch.Tensor]:
@@ -198,14 +212,8 @@ class StackedGenerators(nn.Module):
             except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
                 logger.warning("torch.compile failed (%s: %s); running the generator eagerly", type(error).__name__, error)
                 self._compiled = None
-        if self.strategy == "loop":
-            views = [torch.unbind(self.stacked[_key(name)]) for name in self.names]
-            outputs = []
-            for k, (shell, owners) in enumerate(zip(self._shells, self._owners)):
-                for (module, attribute), slots in zip(owners, views):
-                    module._parameters[attribute] = slots[k]
-                outputs.append(shell(z[k]))
-            return torch.stack(outputs)
+        if self.strategy in ("loop", "threads"):
+            return torch.stack([self.slot_forward(k, z[k]) for k in range(self.num_fits)])
         template = self._template[0]
         params = {name: self._vmap_parameter(name) for name in self.names}
         if self.compute_dtype is None:
@@ -213,6 +221,62 @@ class StackedGenerators(nn.Module):
         # the casts are explicit; a caller's autocast inside vmap fails on the mixed dtypes
         with torch.autocast(z.device.type, enabled=False):
             return vmap(lambda p, x: functional_call(template, p, (x,)))(params, z)
+
+    @property
+    def per_slot(self) -> bool:
+        """Whether the fits run one by one (:meth:`slot_forward`, :meth:`map_slots`): the loop
+        and threads strategies, unless compiled."""
+        return self.strategy in ("loop", "threads") and self._compiled is None
+
+    def slot_forward(self, slot: int, z: torch.Tensor) -> torch.Tensor:
+        """Fit ``slot``'s output for its input ``z`` (1, C, H, W) (loop and threads strategies).
+
+        The slot's parameters enter the graph as leaves of their own: detached views of the
+        stacked tensors whose ``.grad`` are the matching views of the stacked gradients, so a
+        backward adds this fit's gradient in place into its rows (the gradients must be set,
+        e.g. zeroed by :meth:`StackedAdam.zero_grad`; missing ones are zeroed here). The slots'
+        graphs share nothing, so they can be differentiated separately and concurrently.
+        """
+        stacked = [self.stacked[_key(name)] for name in self.names]
+        differentiable = torch.is_grad_enabled()
+        for (module, attribute), tensor in zip(self._owners[slot], stacked):
+            leaf = tensor[slot].detach()
+            if differentiable and tensor.requires_grad:
+                if tensor.grad is None:
+                    tensor.grad = torch.zeros_like(tensor)
+                leaf.requires_grad_()
+                leaf.grad = tensor.grad[slot]
+            module._parameters[attribute] = leaf
+        return self._shells[slot](z)
+
+    def map_slots(self, function: Callable[[int], _R]) -> list[_R]:
+        """``[function(k) for k in range(K)]``; with the ``"threads"`` strategy the slots run in
+        parallel worker threads (as many as the caller's intra-op threads, at most K), each
+        with one intra-op thread. ``function`` must touch only slot ``k`` (its forward via
+        :meth:`slot_forward`, its loss and its backward)."""
+        workers = min(self.num_fits, torch.get_num_threads())
+        if self.strategy != "threads" or workers < 2:
+            return [function(k) for k in range(self.num_fits)]
+        if self._pool is None or self._pool_workers != workers:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="oscfast-fit")
+            self._pool_workers = workers
+        if torch.is_grad_enabled():  # the workers only write into existing gradients
+            with torch.no_grad():
+                for tensor in self.stacked.values():
+                    if tensor.requires_grad and tensor.grad is None:
+                        tensor.grad = torch.zeros_like(tensor)
+
+        def on_one_thread(k: int) -> _R:
+            torch.set_num_threads(1)  # every call: MKL's count is process-wide and the caller resets it
+            return function(k)
+
+        threads = torch.get_num_threads()
+        try:
+            return list(self._pool.map(on_one_thread, range(self.num_fits)))
+        finally:
+            torch.set_num_threads(threads)  # MKL's thread count is process-wide: give the caller its own back
 
     def _vmap_parameter(self, name: str) -> torch.Tensor:
         """A stacked parameter as the vmap forward uses it (cast for bf16 convolutions; the
@@ -225,7 +289,7 @@ class StackedGenerators(nn.Module):
 
     def _compiled_forward(self, z: torch.Tensor) -> torch.Tensor:
         assert self._compiled is not None
-        if self.strategy == "loop":
+        if self.strategy != "vmap":
             return torch.stack([self._compiled(self.slot_parameters(k), z[k]) for k in range(self.num_fits)])
         return self._compiled({name: self.stacked[_key(name)] for name in self.names}, z)
 

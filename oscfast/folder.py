@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from oscfast import io
-from oscfast.checks import check_writable_folder
+from oscfast.checks import check_integer, check_writable_folder
 from oscfast.files import write_text_atomic
 
 __all__ = ["IMAGE_SUFFIXES", "FolderRow", "FolderSummary", "list_images", "restore_folder"]
@@ -188,8 +188,8 @@ def restore_folder(
     in_path, out_path = Path(in_dir).expanduser(), Path(out_dir).expanduser()
     if backend not in ("local", "ray"):
         raise ValueError(f"unknown backend {backend!r}; expected 'local' or 'ray'")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    if batch is not None:
+        batch = check_integer(batch, "batch", minimum=1)
     options = _check_options(task, restore_options, local=backend == "local")
     if not in_path.is_dir():
         raise ValueError(f"input folder '{in_path}' does not exist or is not a folder")

@@ -80,7 +80,8 @@ def restore_many(
         references: clean images, one per image, for ``result.psnr`` (the per-iteration PSNR
             curves are recorded by :func:`oscfast.restore` only), or None.
         on_result: called as each restoration finishes, with its index and result.
-        cancel: as :func:`oscfast.restore`: every restoration ends at the next sync.
+        cancel: as :func:`oscfast.restore`: every restoration ends at the next sync (local backend
+            only; a ValueError with backend="ray").
         strategy: how the fits share a step (:class:`oscfast.fits.StackedGenerators`).
         backend: ``"local"`` (batched steps in this process) or ``"ray"`` (one Ray task per
             image running :func:`oscfast.restore`, each on its worker's CPU or a GPU; needs
@@ -108,6 +109,8 @@ def restore_many(
     run, task_options = split_options(options)
     checked = check_run_options(run, check_device=backend == "local")
     if backend == "ray":
+        if cancel is not None:
+            raise ValueError("cancel= works with the local backend only: Ray tasks run their images to the end")
         return _restore_ray(images, task, options, references, ray_address, on_result)
     jobs: list[Job] = []
     for index, image in enumerate(images):
@@ -169,7 +172,9 @@ def _restore_one(index: int, image: Any, reference: Any, task: str, options: dic
     try:
         return restore(image, task, reference=reference, **{**options, "progress": False})
     except (ValueError, TypeError, FileNotFoundError) as error:
-        return (index, type(error).__name__, str(error))
+        kind = "FileNotFoundError" if isinstance(error, FileNotFoundError) else (
+            "TypeError" if isinstance(error, TypeError) else "ValueError")  # TooLargeError is a ValueError
+        return (index, kind, str(error))
 
 
 def _run_queue(jobs: Sequence[tuple[int, Job]], size: int, options: EngineOptions, checked: CheckedOptions,
@@ -184,6 +189,9 @@ def _run_queue(jobs: Sequence[tuple[int, Job]], size: int, options: EngineOption
         index, job = group.tag
         result = job.finish(run.record(slot))
         result.engine_options = options
+        # a resume point (weights and Adam state, ~3x the parameters) per result would add up over
+        # many images; Restoration.export rebuilds the fit from iteration 0 without it
+        result.resume_point = None
         results[index] = result
         if on_result is not None:
             on_result(index, result)

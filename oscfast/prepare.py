@@ -275,7 +275,9 @@ def prepare(
 
 def _configuration(task_name: str, task: Task, run: RunOptions) -> DIPConfig:
     """The DIP configuration: ``config``, else the preset; the cap and the net applied."""
-    preset_task = task_name if task_name in _preset_tasks() else "custom"
+    from oscfast.tasks import TASKS
+
+    preset_task = task_name if task_name in TASKS else "custom"  # an unregistered Task instance: the custom presets
     config = run.config or get_preset(preset_task, run.preset, factor=getattr(task, "factor", None))
     if run.max_iterations is not None:
         config = replace(config, max_iterations=int(run.max_iterations))
@@ -284,12 +286,6 @@ def _configuration(task_name: str, task: Task, run: RunOptions) -> DIPConfig:
 
         config = replace(config, net=NetSpec(kind=run.net, input_channels=config.net.input_channels))
     return config
-
-
-def _preset_tasks() -> frozenset[str]:
-    from oscfast.presets import PRESETS
-
-    return frozenset(PRESETS)
 
 
 def jpeg_file_options(image: Any) -> dict[str, Any]:

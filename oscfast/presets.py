@@ -13,7 +13,7 @@ from oscfast.models import (
     RESTORE_KATE_SPEC,
 )
 
-__all__ = ["PRESETS", "default_preset", "get_preset", "preset_names"]
+__all__ = ["PRESETS", "default_preset", "get_preset", "preset_names", "preset_table"]
 
 _F16 = DIPConfig(net=DENOISE_SPEC, learning_rate=0.01, reg_noise_std=1 / 30, max_iterations=3000)
 
@@ -42,9 +42,27 @@ PRESETS: dict[str, dict[str, DIPConfig]] = {
     "custom": {"f16": _F16},
 }
 
+def preset_table(task: str) -> dict[str, DIPConfig]:
+    """The presets of a registered task: its own, else those of the nearest registered base
+    class that has some (a task registered as a subclass of Denoise gets the denoising presets),
+    else the custom task's.
+
+    Raises:
+        ValueError: an unknown task name.
+    """
+    from oscfast.tasks import TASKS, task_class
+
+    names_by_class = {cls: name for name, cls in TASKS.items()}
+    for cls in task_class(task).__mro__:
+        name = names_by_class.get(cls)
+        if name in PRESETS:
+            return PRESETS[name]
+    return PRESETS["custom"]
+
+
 def preset_names(task: str) -> list[str]:
     """Names of the presets of ``task``."""
-    return sorted(PRESETS[task])
+    return sorted(preset_table(task))
 
 
 def get_preset(task: str, name: str | None = None, *, factor: int | None = None) -> DIPConfig:
@@ -55,13 +73,14 @@ def get_preset(task: str, name: str | None = None, *, factor: int | None = None)
     Raises:
         ValueError: unknown task or preset, naming the valid ones.
     """
-    if task not in PRESETS:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(PRESETS)}")
+    table = preset_table(task)
     if name is None:
         name = default_preset(task, factor=factor)
-    if name not in PRESETS[task]:
-        raise ValueError(f"unknown preset {name!r} for task {task!r}; expected one of {preset_names(task)}")
-    return PRESETS[task][name]
+        if name not in table:  # a registered task naming a preset its table lacks
+            raise ValueError(f"task {task!r} names the default preset {name!r}, which is not one of {sorted(table)}")
+    if name not in table:
+        raise ValueError(f"unknown preset {name!r} for task {task!r}; expected one of {sorted(table)}")
+    return table[name]
 
 
 def default_preset(task: str, *, factor: int | None = None) -> str:

@@ -404,6 +404,8 @@ class JPEG(Denoise):
         super().__init__(observation)
         if quality is not None:
             quality = check_integer(quality, "quality", minimum=1, maximum=100)
+        if subsampling is not None:  # Pillow's codes: -1 (other layouts), 0 (4:4:4), 1 (4:2:2), 2 (4:2:0)
+            subsampling = check_integer(subsampling, "subsampling", minimum=-1, maximum=2)
         if tables is not None and quality is not None:
             raise ValueError("give either the quantisation tables or quality=, not both")
         self.tables = tables
@@ -432,6 +434,12 @@ class JPEG(Denoise):
     def degrade_image(cls, image: np.ndarray, *, seed: int = 0, **options: Any) -> Observation:
         """JPEG compression: quality (10)."""
         return dg.jpeg_compress(image, options.get("quality", 10))
+
+    @classmethod
+    def observe(cls, image: np.ndarray, *, seed: int = 0, **options: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        """The decoded JPEG and its quality (the array has no tables: the quality gives them)."""
+        observation, _ = super().observe(image, seed=seed, **options)
+        return observation, {"quality": options.get("quality", 10)}
 
 
 class SuperResolution(Task):
@@ -680,6 +688,10 @@ class CustomOperator(Task):
     """
 
     name = "custom"
+    #: why the risk's error estimate is not shown for this task (``Restoration.estimated_psnr_reason``)
+    estimate_caveat: ClassVar[str] = (
+        "the risk of a custom operator is measured in its measurement space, where errors the operator removes are "
+        "invisible; the error of the image is not estimated")
     options = frozenset({"operator", "output_shape", "adjoint"})
     code_only_options = frozenset({"operator", "output_shape", "adjoint"})
     checks_observation_size = False

@@ -13,9 +13,12 @@ from PIL import Image
 import oscfast
 from oscfast import folder, many
 from oscfast.api import restore
+from dataclasses import replace
+
 from oscfast.config import DIPConfig, StopConfig
 from oscfast.models import DENOISE_SPEC
 from oscfast.prepare import RUN_OPTION_NAMES
+from oscfast.presets import get_preset
 from oscfast.tasks import TASKS
 
 from conftest import smooth_image
@@ -128,14 +131,24 @@ def test_restore_many_takes_every_run_option_of_restore() -> None:
     image = smooth_image(64)
     noisy = np.clip(image + np.random.default_rng(0).normal(0, 0.1, image.shape), 0, 1).astype(np.float32)
     config = DIPConfig(net=DENOISE_SPEC.scaled(0.125), max_iterations=12)
-    options = dict(stop="never", max_iterations=10, preset="f16", net="skip", seed=3, device="cpu", precision="fp32",
-                   progress=False, probe="twin", pseudo_noise_std=0.05, rule="risk", noise_level=0.1, output="raw",
+    # every option away from its default, each with an effect the results show
+    options = dict(stop="never", max_iterations=10, preset=None, net=None, seed=3, device="cpu", precision="bf16",
+                   progress=False, probe="inline", pseudo_noise_std=0.05, rule="risk", noise_level=0.1, output="raw",
                    config=config, stop_config=StopConfig(sync_every=4))
-    assert set(options) == set(RUN_OPTION_NAMES)
     single = restore(noisy, "denoise", **options)
     (batched,) = many.restore_many([noisy], "denoise", **options)
-    assert single.iterations_run == batched.iterations_run == 10  # stop="never" and the cap were applied
-    assert batched.output == "raw" and batched.noise_level == pytest.approx(0.1) and batched.seed == 3
+    for result in (single, batched):
+        assert result.iterations_run == 10 and result.output == "raw" and result.seed == 3  # stop, cap, output, seed
+        assert (result.probe, result.rule) == ("inline", "risk") and result.noise_level == pytest.approx(0.1)
+        assert result.stop_config.pseudo_noise_std == 0.05 and result.stop_config.sync_every == 4
+        assert result.engine_options.precision == "bf16" and result.config == replace(config, max_iterations=10)
+    np.testing.assert_array_equal(single.image, batched.image)
+    # preset and net, without a config: the JPEG task's second preset with the U-Net swapped in
+    options = dict(max_iterations=2, preset="f16", net="unet", device="cpu", progress=False)
+    single = restore(noisy, "jpeg", **options)
+    (batched,) = many.restore_many([noisy], "jpeg", **options)
+    assert single.config == batched.config and batched.config.net.kind == "unet"
+    assert batched.config.learning_rate == get_preset("jpeg", "f16").learning_rate
     np.testing.assert_array_equal(single.image, batched.image)
 
 

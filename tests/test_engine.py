@@ -7,7 +7,7 @@ import torch
 
 from oscfast.config import DIPConfig, StopConfig
 from oscfast.engine import EngineOptions, FitSpec, SyncInfo, Watch, canvas_geometry, run_fits
-from oscfast.fits import StackedAdam, StackedGenerators, initial_net
+from oscfast.fits import StackedAdam, StackedGenerators, initial_net, resolve_strategy
 from oscfast.io import image_to_tensor
 from oscfast.kernels import chord_curvature
 from oscfast.memory import TooLargeError, estimate_run_bytes
@@ -711,3 +711,28 @@ def test_a_closure_or_physics_operator_moves_with_its_task() -> None:
 
 def _uses_a_global(x: torch.Tensor) -> torch.Tensor:
     return x * _GLOBAL_WEIGHT  # noqa: F821 - set by the test
+
+
+def test_threads_strategy_runs_each_fit_as_a_one_thread_loop(tiny_config: DIPConfig) -> None:
+    """strategy="threads" steps the fits in parallel worker threads, one intra-op thread each:
+    every trace and image equals the loop strategy's on one thread, bit for bit, and the
+    caller's thread count is left as it was."""
+    noisy, _ = noisy_pair()
+    task = Denoise(noisy)
+    noise = gaussian_pseudo_noise((1, 3, 64, 64), 0.04, seed=9)
+    specs = [FitSpec(task, seed=3, probe=noise), FitSpec(task, seed=3, probe=noise, noisy_target=True)]
+    config = tiny_config.with_options(max_iterations=15)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        loop = run_fits(specs, config, [cap_watch(15)], options=cpu(strategy="loop"), extra_signals=("p", "loss_ema"))
+        torch.set_num_threads(2)  # two workers, whatever the machine's cores
+        threads = run_fits(specs, config, [cap_watch(15)], options=cpu(strategy="threads"), extra_signals=("p", "loss_ema"))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(threads.last_images, loop.last_images) and torch.equal(threads.raw_image, loop.raw_image)
+    for name in ("loss", "p", "loss_ema"):
+        np.testing.assert_array_equal(threads.traces[name], loop.traces[name])
+    with pytest.raises(ValueError, match="threads"):
+        resolve_strategy("threads", torch.device("cuda"), 2)

@@ -27,6 +27,10 @@ def test_wheel_maps_models_and_kernels_into_oscfast(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "oscfast/models/__init__.py" in names and "oscfast/kernels/__init__.py" in names
     assert "oscfast/py.typed" in names
+    # every subpackage of the source tree is in the wheel (a regular install has all of oscfast)
+    source = Path(__file__).resolve().parents[1] / "oscfast"
+    for init in source.rglob("__init__.py"):
+        assert f"oscfast/{init.relative_to(source).as_posix()}" in names, init
     top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert top_level == {"oscfast"}  # no generic 'models' or 'kernels' in site-packages
 
@@ -36,7 +40,7 @@ def test_regular_install_imports(wheel: Path, tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(target)  # a wheel is installed by unpacking it
     code = (
-        "import oscfast.models, oscfast.kernels, oscfast.api, sys;"
+        "import oscfast.models, oscfast.kernels, oscfast.api, oscfast.evaluation.harness, oscfast.engine.loop, sys;"
         "assert oscfast.models.__file__.startswith(sys.argv[1]), oscfast.models.__file__;"
         "assert 'models' not in sys.modules and 'kernels' not in sys.modules"
     )

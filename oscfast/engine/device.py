@@ -250,16 +250,35 @@ class _DeviceState:
             torch.add(self.z, self.eps, alpha=self.reg_noise_std, out=self.z_in)
         else:
             self.z_in.copy_(self.z)
-        g = self.geometry
-        with self.autocast():
-            out = self.generators(self.z_in)
-        x = out[..., g.top : g.top + self.height, g.left : g.left + self.width].float()
-        measured = [task(x[k]) for k, task in enumerate(self.tasks)]
-        losses = [task.loss(m, target) for task, m, target in zip(self.tasks, measured, self.targets)]
-        torch.stack(losses).sum().backward()
+        if self.generators.per_slot:
+            # each fit's forward, loss and backward on its own (the graphs share nothing): the
+            # same numbers as one backward of the summed losses, and with the "threads"
+            # strategy the fits run in parallel, one CPU thread each
+            x, measured, losses = (list(column) for column in zip(*self.generators.map_slots(self._fit_forward_backward)))
+            x = torch.stack(x)
+        else:
+            g = self.geometry
+            with self.autocast():
+                out = self.generators(self.z_in)
+            x = out[..., g.top : g.top + self.height, g.left : g.left + self.width].float()
+            measured = [task(x[k]) for k, task in enumerate(self.tasks)]
+            losses = [task.loss(m, target) for task, m, target in zip(self.tasks, measured, self.targets)]
+            torch.stack(losses).sum().backward()
         self.optimizer.step()
         with torch.no_grad():
             self._record(x.detach(), [m.detach() for m in measured], losses)
+
+    def _fit_forward_backward(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fit ``k``'s output, measurement and loss (detached), after its backward."""
+        g = self.geometry
+        task = self.tasks[k]
+        with self.autocast():  # autocast is thread-local: entered here, in the thread that runs the fit
+            out = self.generators.slot_forward(k, self.z_in[k])
+        x = out[..., g.top : g.top + self.height, g.left : g.left + self.width].float()
+        measured = task(x)
+        loss = task.loss(measured, self.targets[k])
+        loss.backward()
+        return x.detach(), measured.detach(), loss.detach()
 
     def _record(self, x: torch.Tensor, measured: list[torch.Tensor], losses: list[torch.Tensor]) -> None:
         k = self.num_fits

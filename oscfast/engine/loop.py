@@ -276,12 +276,8 @@ class BatchRun:
             points = group.resume_points
             if not points or points[-1].iteration != group.done:
                 points.append(self.state.resume_point(group.slot(group.leader.fit)))
-            oldest = group.done - self.ring_size
-            chosen = group.leader.rule.decision.iteration
-            if chosen is not None:
-                oldest = min(oldest, chosen)
-            while len(points) > 1 and points[1].iteration <= oldest:
-                points.pop(0)
+            group.resume_points[:] = _needed_points(points, group.done - self.ring_size,
+                                                    group.leader.rule.decision.iteration)
 
     def _interrupt(self) -> None:
         for index, group in enumerate(self.groups):
@@ -441,9 +437,37 @@ def run_fits(
     return run.record(0)
 
 
+def _needed_points(points: Sequence[ResumePoint], ring_start: int, chosen: int | None) -> list[ResumePoint]:
+    """The resume points a choice can still need: the newest one at or before the current choice
+    (export replays from it) and, for choices the rule may still make, the newest one at or
+    before the start of the ring and every later one; the points in between are dropped, so at
+    most ``ring_size / sync_every + 2`` are kept however long the run."""
+    def newest_at_or_before(limit: int) -> ResumePoint | None:
+        eligible = [point for point in points if point.iteration <= limit]
+        return eligible[-1] if eligible else None
+
+    base = newest_at_or_before(ring_start)
+    keep = [point for point in points if point.iteration > ring_start]
+    if base is not None:
+        keep.insert(0, base)
+    elif points and (not keep or keep[0] is not points[0]):
+        keep.insert(0, points[0])  # nothing at or before the ring's start yet: keep the oldest
+    if chosen is not None:
+        anchor = newest_at_or_before(chosen)
+        if anchor is not None and all(anchor is not point for point in keep):
+            keep.insert(0, anchor)
+    return keep
+
+
 def _run_to_snapshot(run: BatchRun, fit: int, iteration: int, resume_from: ResumePoint | None = None) -> RunRecord:
     """Run eagerly up to ``iteration`` (from ``resume_from`` when given) and keep the generator
-    that produced its output."""
+    that produced its output, under the run's device and numeric flags (TF32 off for fp32, as
+    the run computed)."""
+    with _device_scope(run.options.device), _backend_flags(run.options):
+        return _snapshot_steps(run, fit, iteration, resume_from)
+
+
+def _snapshot_steps(run: BatchRun, fit: int, iteration: int, resume_from: ResumePoint | None) -> RunRecord:
     if iteration < 0:
         raise ValueError(f"snapshot_iteration must be >= 0, got {iteration}")
     state = run.state

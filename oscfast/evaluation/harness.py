@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from oscfast import io
-from oscfast.prepare import resolve_device
+from oscfast.prepare import RunOptions, prepare, resolve_device
 from oscfast.config import DIPConfig, StopConfig
 from oscfast.engine import EngineOptions
 from oscfast.evaluation.recording import candidate_rules, record, save_run
@@ -29,7 +29,7 @@ from oscfast.files import write_text_atomic
 from oscfast.metrics import psnr_torch, psnr_y_torch
 from oscfast.presets import get_preset
 from oscfast.evaluation.report import load_runs, markdown_report, plot_run
-from oscfast.tasks import build_task, task_class
+from oscfast.tasks import task_class
 
 __all__ = ["Degradation", "evaluate_folder", "image_files", "make_observation", "run_evaluate"]
 
@@ -138,11 +138,12 @@ def evaluate_folder(
             skipped.append(f"{path.name}: {error}")
             continue
         observation, clean, options = make_observation(clean_image, degradation, seed=seed)
-        task = build_task(degradation.task, observation, seed=seed, **options)
-        dip = config or get_preset(degradation.task, preset, factor=options.get("factor"))
-        if max_iterations is not None:
-            dip = replace(dip, max_iterations=int(max_iterations))
-        reference = io.image_to_tensor(clean)
+        # the one preparation path: the same checks (sizes, memory), task and configuration as restore()
+        job = prepare(observation, degradation.task,
+                      RunOptions(config=config, preset=preset, max_iterations=max_iterations, seed=seed, device=resolved,
+                                 progress=False), options, reference=clean)
+        task, dip = job.task, job.config
+        reference = job.reference
         target = reference.to(resolved)
         metrics = {"psnr": lambda x: psnr_torch(target, x)}
         if degradation.task == "super_resolution":

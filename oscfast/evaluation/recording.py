@@ -185,6 +185,7 @@ def record(
                 on_snapshot(snapshots)
 
     start = time.perf_counter()
+    options = replace(options, keep_resume_points=False)  # a recording is never exported
     run = run_fits(fits, config, watches, stop_mode="never", metrics=metrics, extra_signals=("wmv", "emv", "change", "loss_ema", "p_ema"),
                    options=options, on_sync=keep if snapshot_every else None, checkpoint=checkpoint)
     seconds = time.perf_counter() - start
