@@ -736,3 +736,24 @@ def test_threads_strategy_runs_each_fit_as_a_one_thread_loop(tiny_config: DIPCon
         np.testing.assert_array_equal(threads.traces[name], loop.traces[name])
     with pytest.raises(ValueError, match="threads"):
         resolve_strategy("threads", torch.device("cuda"), 2)
+
+
+def test_resume_points_kept_are_bounded_however_long_the_run() -> None:
+    """Only the point the current choice needs and those the ring can still be chosen from are
+    kept: a 3000-iteration run keeps as many as a 100-iteration one (the memory estimate's count)."""
+    from types import SimpleNamespace
+
+    from oscfast.engine.loop import _needed_points
+    from oscfast.engine.specs import resume_points_for
+
+    sync_every, ring_size = 5, 18
+    kept: list = []
+    for done in range(0, 3001, sync_every):
+        kept.append(SimpleNamespace(iteration=done))
+        # the rule chooses among the iterations of its ring: 46 is chosen at the sync of 60
+        kept = _needed_points(kept, done - ring_size, chosen=46 if done >= 60 else None)
+        assert len(kept) <= resume_points_for(ring_size, sync_every)
+    iterations = [point.iteration for point in kept]
+    assert 45 in iterations  # the choice's own point: export replays from it
+    assert [i for i in iterations if i > 3000 - ring_size] == [2985, 2990, 2995, 3000]
+    assert iterations == sorted(iterations)

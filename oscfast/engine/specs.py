@@ -264,6 +264,6 @@ def ring_size_for(lag: int, sync_every: int) -> int:
 def resume_points_for(ring_size: int, sync_every: int) -> int:
     """The most :class:`ResumePoint` kept per driving fit: one per sync in the ring, one for
     the current choice and the newest."""
-    return ring_size // sync_every + 2
+    return -(-ring_size // sync_every) + 2  # the syncs inside the ring, the one before it, the choice's
 
 
