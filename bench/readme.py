@@ -107,6 +107,38 @@ def block_paper_summary() -> str:
             "rows are above, since most runs were recorded before the choice):\n\n" + "\n".join(table[:2] + rows))
 
 
+def block_noise_study() -> str:
+    """Issue 15's replays: today's risk rule against the level-cut one, per family and half."""
+    path = RESULTS / "noise-study.json"
+    if not path.exists():
+        return "_No noise study yet (`python bench/noise_study.py`)._"
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    labels = [("today", "today's rule (estimated level)"), ("ours", "with the level cut (default)"),
+              ("today, told the truth", "today's, told the true level"), ("today, told 0.8x", "today's, level 0.8x"),
+              ("ours, told 0.8x", "cut, level 0.8x"), ("today, told 1.2x", "today's, level 1.2x"),
+              ("ours, told 1.2x", "cut, level 1.2x"), ("ES-EMV (ema)", "ES-EMV (averaged)"), ("ES-EMV (raw)", "ES-EMV (raw)"),
+              ("ES-WMV (ema)", "ES-WMV (averaged)"), ("ES-WMV (raw)", "ES-WMV (raw)")]
+    groups = sorted({(r["family"], r["half"]) for r in rows})
+    lines = [
+        f"Replays on the recorded twin runs of the noisy families (`python bench/noise_study.py`, "
+        f"`bench/results/noise-study.md`; kappa = {data['kappa']} chosen on the selection half). Mean / worst gap "
+        "to the plain-DIP oracle in dB; the 0.8x / 1.2x columns give the rule a level estimate off by that factor "
+        "(the sensitivity; a level the caller gives is cut only where it is provably too high, kappa = 1).",
+        "",
+        "| family | half | runs | " + " | ".join(name for _, name in labels) + " |",
+        "|---|---|---|" + "---|" * len(labels),
+    ]
+    for family, half in groups:
+        cells = []
+        runs = sorted({r["run"] for r in rows if r["family"] == family and r["half"] == half})
+        for label, _ in labels:
+            gaps = [r["gap_db"] for r in rows if r["family"] == family and r["half"] == half and r["label"] == label]
+            cells.append(f"{np.mean(gaps):.2f} / {np.max(gaps):.2f}" if gaps else "-")
+        lines.append(f"| {family} | {half} | {', '.join(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def block_throughput() -> str:
     files = sorted(RESULTS.glob("throughput-*.md"))
     if not files:
@@ -128,6 +160,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "default-runs": block_default_runs,
     "paper-summary": block_paper_summary,
     "throughput": block_throughput,
+    "noise-study": block_noise_study,
 }
 
 

@@ -51,7 +51,8 @@ class StopConfig:
         sync_every: iterations between two reads of the device buffers by the host.
         level_bound: kappa of the risk rule's level cut from the run (the level used is
             min(level^2, kappa * B), B the run's own upper bound on s^2; docs/twin-probe.md, "The
-            level"); None: no cut. A ``noise_level`` the caller gives is used as it is.
+            level"); None: no cut. A ``noise_level`` the caller gives is cut only where the run
+            proves it too high (kappa = 1).
         level_tolerance: the relative uncertainty of a given ``noise_level`` (its interval is
             ``noise_level x (1 -+ level_tolerance)``; 0.02: clipping to [0, 1] lowers the
             effective level of 25/255 noise by ~2% on F16), for ``estimated_psnr``.
@@ -85,7 +86,7 @@ class StopConfig:
     plateau_patience: int = 200
     sync_every: int = 25
     level_tolerance: float = 0.02
-    level_bound: float | None = 0.85
+    level_bound: float | None = 0.8
     estimated_level_range: tuple[float, float] = (0.8, 1.05)
     max_estimate_width_db: float = 2.0
 

@@ -83,7 +83,8 @@ def make_rule(
         return RiskRule(
             risk.weight, risk.offset, smoothing=stop.risk_smoothing, patience_ratio=stop.patience_ratio,
             min_patience=stop.min_patience, error_scale=1.0 / risk.rho if risk.unbiased else None, **waits, **common,
-            level_bound=None if stop.noise_level is not None else stop.level_bound,  # a level the caller gives is used as it is
+            # a level the caller gives is cut only where the run proves it too high (kappa = 1)
+            level_bound=(1.0 if stop.level_bound is not None else None) if stop.noise_level is not None else stop.level_bound,
         )
     if name == "knee":
         return KneeRule(
