@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
+from oscfast.checks import check_writable_file
 from oscfast.files import atomic_write
 
 
@@ -71,12 +71,7 @@ class Checkpoint:
 
     def __post_init__(self) -> None:
         if self.path is not None:
-            self.path = Path(self.path)
-            folder = self.path.parent
-            while not folder.exists():
-                folder = folder.parent
-            if not os.access(folder, os.W_OK):
-                raise ValueError(f"cannot write checkpoints to '{self.path}': the folder '{folder}' is not writable")
+            self.path = check_writable_file(self.path, what="checkpoint")
         if self.resume is not None:
             self.resume = Path(self.resume)
             if not self.resume.is_file():

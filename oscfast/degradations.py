@@ -58,10 +58,6 @@ def _check_shape_hw(shape_hw: Sequence[int]) -> tuple[int, int]:
     return h, w
 
 
-def _check_positive_int(value: object, name: str) -> int:
-    return check_integer(value, name, minimum=1)
-
-
 def _rng(seed: object) -> np.random.Generator:
     """``numpy.random.default_rng(seed)``, with an error that names the seed."""
     if isinstance(seed, (bool, np.bool_)):
@@ -276,7 +272,7 @@ def crop_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
         shape = getattr(image, "shape", type(image).__name__)
         raise ValueError(f"image must be a numpy array (H, W) or (H, W, C), got {shape}")
-    d = _check_positive_int(multiple, "multiple")
+    d = check_integer(multiple, "multiple", minimum=1)
     h, w = image.shape[:2]
     h2, w2 = h - h % d, w - w % d
     if h2 == 0 or w2 == 0:
@@ -311,7 +307,7 @@ def downsample(image: np.ndarray, factor: int = 4) -> np.ndarray:
         (8, 16, 3)
     """
     image = check_image(image)
-    f = _check_positive_int(factor, "factor")
+    f = check_integer(factor, "factor", minimum=1)
     h, w = image.shape[:2]
     if h % f or w % f:
         raise ValueError(
@@ -402,7 +398,7 @@ def random_pixel_mask(
     keep = _check_real(keep, "keep", "a probability in [0, 1]")
     if not 0.0 <= keep <= 1.0:
         raise ValueError(f"keep must be in [0, 1], got {keep!r}")
-    c = _check_positive_int(channels, "channels")
+    c = check_integer(channels, "channels", minimum=1)
     _check_fits_in_memory((h, w, c), "mask")
     rng = _rng(seed)
     return (rng.random((h, w, c)) < keep).astype(np.float32)

@@ -164,8 +164,8 @@ def pca_noise_level(image: np.ndarray, *, patch: int = 7, max_patches: int = 655
         >>> round(pca_noise_level(0.5 + rng.normal(0, 0.1, (128, 128))), 2)
         0.1
     """
-    _check_int(patch, "patch", minimum=2)
-    _check_int(max_patches, "max_patches", minimum=16)
+    check_integer(patch, "patch", minimum=2)
+    check_integer(max_patches, "max_patches", minimum=16)
     x = _as_image(image, min_size=patch + 2)
     variances = []
     for c in range(x.shape[2]):
@@ -173,10 +173,6 @@ def pca_noise_level(image: np.ndarray, *, patch: int = 7, max_patches: int = 655
         tolerance = 0.1 * math.sqrt(patch * patch / count)
         variances.append(_median_mean_variance(eigenvalues, tolerance))
     return float(math.sqrt(max(float(np.mean(variances)), 0.0)))
-
-
-def _check_int(value: object, name: str, *, minimum: int) -> int:
-    return check_integer(value, name, minimum=minimum)
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,10 +38,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Kernels (numpy, float64)
 # --------------------------------------------------------------------------------------------
-def _check_positive_int(value: object, name: str) -> int:
-    return check_integer(value, name, minimum=1)
-
-
 def lanczos2_taps_1d(factor: int, support: int = 2) -> np.ndarray:
     """Normalised 1-D taps of the half-phase Lanczos downsampling kernel.
 
@@ -66,8 +62,8 @@ def lanczos2_taps_1d(factor: int, support: int = 2) -> np.ndarray:
         >>> taps.shape, round(float(taps[7]), 6)
         ((16,), 0.239711)
     """
-    factor = _check_positive_int(factor, "factor")
-    support = _check_positive_int(support, "support")
+    factor = check_integer(factor, "factor", minimum=1)
+    support = check_integer(support, "support", minimum=1)
     size = 2 * support * factor
     i = np.arange(1, size + 1, dtype=np.float64)
     t = np.abs(i - support * factor - 0.5) / factor
@@ -129,7 +125,7 @@ def gaussian_kernel(sigma: float, size: int | None = None) -> np.ndarray:
         raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
     if size is None:
         size = 2 * math.ceil(3 * float(sigma)) + 1
-    size = _check_positive_int(size, "size")
+    size = check_integer(size, "size", minimum=1)
     r = np.arange(size, dtype=np.float64) - (size - 1) / 2
     g = np.exp(-(r * r) / (2.0 * float(sigma) ** 2))
     k = np.outer(g, g)
@@ -265,9 +261,9 @@ class LanczosDownsampler(LinearOperator):
 
     def __init__(self, factor: int, channels: int = 3, *, support: int = 2) -> None:
         super().__init__()
-        self.factor = _check_positive_int(factor, "factor")
-        self.channels = _check_positive_int(channels, "channels")
-        self.support = _check_positive_int(support, "support")
+        self.factor = check_integer(factor, "factor", minimum=1)
+        self.channels = check_integer(channels, "channels", minimum=1)
+        self.support = check_integer(support, "support", minimum=1)
         kernel = torch.from_numpy(lanczos2_kernel(self.factor, self.support))
         self.kernel_size = int(kernel.shape[0])
         total = self.kernel_size - self.factor

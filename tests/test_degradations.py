@@ -267,9 +267,9 @@ def test_degrade_tasks(image: np.ndarray) -> None:
 def test_degrade_unknown_task_and_option(image: np.ndarray) -> None:
     with pytest.raises(ValueError, match="valid tasks: denoise, jpeg, super_resolution"):
         degrade(image, "sharpen")
-    with pytest.raises(ValueError, match=r"option\(s\) factor .*valid options: sigma, clip"):
+    with pytest.raises(ValueError, match=r"option\(s\) factor .*valid options: noise, severity, sigma, clip"):
         degrade(image, "denoise", factor=4)
-    with pytest.raises(ValueError, match="coverage applies only"):
+    with pytest.raises(ValueError, match="coverage and keep apply only to a generated mask"):
         degrade(image, "inpaint", mask=np.ones(image.shape[:2]), coverage=0.1)
     degradable = {name for name, cls in TASKS.items() if cls.degrade_options}
     assert degradable == {"denoise", "jpeg", "super_resolution", "inpaint", "restore_pixels", "deblur"}
