@@ -19,6 +19,10 @@ from __future__ import annotations
 
 import argparse
 import os
+
+#: the other processes' load, read before this process imports torch (whose import is work of its own)
+LOAD_AT_START = os.getloadavg()[0]
+
 import statistics
 import sys
 import time
@@ -219,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-iterations", type=int, default=None)
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    load_before = os.getloadavg()[0]  # before this process does any work: the other processes' load
+    load_before = LOAD_AT_START
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
