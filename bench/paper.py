@@ -332,17 +332,26 @@ def run_one(experiment: Experiment, seed: int, args: argparse.Namespace, data: P
     resumed = ckpt_path.exists()
     earlier: dict[int, np.ndarray] = {}
     if resumed and side_path.exists():
-        with np.load(side_path) as data:
-            earlier = {int(key): data[key] for key in data.files}
+        with np.load(side_path) as saved:
+            earlier = {int(key): saved[key] for key in saved.files}
     checkpoint = Checkpoint(path=ckpt_path, every=args.checkpoint_every, resume=ckpt_path if resumed else None,
                             fingerprint=fingerprint)
 
     def persist(snapshots: Mapping[int, np.ndarray]) -> None:
         atomic_write(side_path, lambda stream: np.savez(stream, **{str(k): v for k, v in snapshots.items()}))
 
-    rec = record(task, config, seed=seed, stop=StopConfig(), metrics=metrics, options=options,
-                 time_single=args.time_single, snapshot_every=args.snapshot_every, reference=reference,
-                 checkpoint=checkpoint, earlier_snapshots=earlier, on_snapshot=persist)
+    try:
+        rec = record(task, config, seed=seed, stop=StopConfig(), metrics=metrics, options=options,
+                     time_single=args.time_single, snapshot_every=args.snapshot_every, reference=reference,
+                     checkpoint=checkpoint, earlier_snapshots=earlier, on_snapshot=persist)
+    except ValueError as error:
+        if not resumed:
+            raise
+        # a checkpoint written by an older version of the rules or the engine: start over
+        print(f"{stem}: its checkpoint cannot be resumed ({error}); starting over", flush=True)
+        ckpt_path.unlink(missing_ok=True)
+        side_path.unlink(missing_ok=True)
+        return run_one(experiment, seed, args, data)
     start_iteration = int(checkpoint.resumed_at or 0)
     meta = {
         "experiment": asdict(experiment) | {"make": None},
