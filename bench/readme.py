@@ -31,7 +31,7 @@ def _cpu(info: dict) -> str:
 
 
 def block_demo() -> str:
-    files = sorted(RESULTS.glob("demo-*.json"))
+    files = sorted(path for path in RESULTS.glob("demo-*.json") if path.stem != "demo-replays")
     if not files:
         return "_No demo run recorded yet (`python bench/demo_run.py`)._"
     row = json.loads(files[-1].read_text())

@@ -187,6 +187,9 @@ def study(runs: list[dict[str, Any]], grid: list[Candidate]) -> dict[str, dict[s
     for run in runs:
         task = run["experiment"]["task"]
         family = FAMILIES[task]
+        noise = (run["experiment"].get("options") or {}).get("noise")
+        if noise and noise != "gaussian":  # another data term: its own family (issue 16)
+            family = f"{family} ({noise})"
         _, fixed = fixed_outcome(run)
         for candidate in [default_candidate(task), *grid]:
             result = replay(run, candidate)

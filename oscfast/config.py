@@ -26,7 +26,7 @@ class StopConfig:
             the P curve), ``"paper"`` (the paper's offline argmax, reproduction), ``"es-wmv"``
             / ``"es-emv"`` (the peer rules, no pseudo-noise), ``"plateau"`` (the averaged
             output stopped changing) or ``"cap"`` (run to the cap). None: the task's default
-            (:data:`oscfast.plan.DEFAULT_STOP`, chosen by the study in bench/results/rules.md).
+            (:attr:`oscfast.tasks.Task.default_stop`, chosen by the study in bench/results/rules.md).
         probe: where the pseudo-noise goes: ``"twin"`` (a second fit on y + n beside the
             returned fit on y: the returned image never sees n), ``"inline"`` (into the returned
             fit, the paper) or ``"none"``. None: the task's default.
