@@ -182,9 +182,14 @@ def check_noise_kind(kind: object) -> NoiseKind:
     Raises:
         ValueError: If it does not, naming the value and the allowed ones.
     """
-    if not isinstance(kind, str) or kind not in NOISE_KINDS:
-        raise ValueError(f"noise must be one of {', '.join(map(repr, NOISE_KINDS))}, got {kind!r}")
-    return kind  # type: ignore[return-value]
+    return _one_of(kind, NOISE_KINDS)  # type: ignore[return-value]
+
+
+def _one_of(value: object, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of the ``allowed`` names of ``noise=``; a ValueError naming them otherwise."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"noise must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
 
 
 def check_severity(severity: object) -> int:
@@ -1059,9 +1064,7 @@ def check_noise_choice(noise: object) -> NoiseChoiceName:
     Raises:
         ValueError: If it is not, naming the value and the allowed ones.
     """
-    if not isinstance(noise, str) or noise not in NOISE_CHOICES:
-        raise ValueError(f"noise must be one of {', '.join(map(repr, NOISE_CHOICES))}, got {noise!r}")
-    return noise  # type: ignore[return-value]
+    return _one_of(noise, NOISE_CHOICES)  # type: ignore[return-value]
 
 
 def choose_noise(image: np.ndarray, noise: NoiseChoiceName = "gaussian", *, parameter: float | None = None) -> NoiseChoice:
