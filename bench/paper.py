@@ -481,7 +481,7 @@ def cmd_default(args: argparse.Namespace) -> int:
     against the plain-DIP oracle of the recorded twin run of the same seed (its fit A is this
     run's returned fit, step for step) and the replay of the same default on those curves."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from rules_study import default_candidate, replay  # noqa: PLC0415
+    from rules_study import default_candidate, replay, run_noise  # noqa: PLC0415
 
     from oscfast import restore
     from oscfast.evaluation import oracle
@@ -520,7 +520,7 @@ def cmd_default(args: argparse.Namespace) -> int:
             if run is not None:
                 row["oracle_psnr"] = oracle(run["traces"], "psnr")
                 row["gap_db"] = row["oracle_psnr"] - result.psnr
-                replayed = replay(run, default_candidate(experiment.task))
+                replayed = replay(run, default_candidate(experiment.task, run_noise(run)))
                 row["replay"] = {"iteration": replayed.iteration, "iterations_run": replayed.iterations_run,
                                  "psnr": replayed.psnr, "output": replayed.output}
             path.write_text(json.dumps(row, indent=1))

@@ -78,8 +78,18 @@ def load(folder: Path) -> list[dict[str, Any]]:
     return runs
 
 
-def task_default(task: str) -> Any:
-    """The task's default (probe, rule, output) (``oscfast.plan.default_stop``)."""
+def run_noise(run: dict[str, Any]) -> str | None:
+    """The noise model a recording was restored with (``noise=`` of its task options), or None."""
+    return (run["experiment"].get("options") or {}).get("noise")
+
+
+def task_default(task: str, noise: str | None = None) -> Any:
+    """The task's default (probe, rule, output) (``oscfast.plan.default_stop``); for a denoising
+    run with another noise model, that model's default (each model is its own task class)."""
+    if noise is not None and noise != "gaussian":
+        from oscfast.tasks import NOISE_MODEL_TASKS  # noqa: PLC0415
+
+        return NOISE_MODEL_TASKS[noise].default_stop
     # imported here: oscfast.plan imports the engine, which the pure replays below do not need
     try:
         from oscfast.plan import default_stop  # noqa: PLC0415
@@ -163,9 +173,10 @@ def metric_of(run: dict[str, Any]) -> str:
     return "psnr_y" if "psnr_y" in run["traces"] else "psnr"
 
 
-def default_candidate(task: str) -> Candidate:
-    """The task's current default (oscfast.plan.default_stop), replayed through make_rule."""
-    default = task_default(task)
+def default_candidate(task: str, noise: str | None = None) -> Candidate:
+    """The task's current default (oscfast.plan.default_stop; a noise model's own for ``noise``),
+    replayed through make_rule."""
+    default = task_default(task, noise)
     return Candidate(f"default: {default.probe}-{default.rule} ({default.output})", default.probe, default.rule,
                      {"output": default.output, "via_make_rule": True})
 
@@ -187,11 +198,11 @@ def study(runs: list[dict[str, Any]], grid: list[Candidate]) -> dict[str, dict[s
     for run in runs:
         task = run["experiment"]["task"]
         family = FAMILIES[task]
-        noise = (run["experiment"].get("options") or {}).get("noise")
+        noise = run_noise(run)
         if noise and noise != "gaussian":  # another data term: its own family (issue 16)
             family = f"{family} ({noise})"
         _, fixed = fixed_outcome(run)
-        for candidate in [default_candidate(task), *grid]:
+        for candidate in [default_candidate(task, noise), *grid]:
             result = replay(run, candidate)
             if result is None:
                 continue

@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, machine_header  # noqa: E402
 from common import halves as halves_of_cases  # noqa: E402
-from rules_study import FOLDER, PLAIN, feed_recorded, load, recorded_signals, task_default  # noqa: E402
+from rules_study import FOLDER, PLAIN, feed_recorded, load, recorded_signals, run_noise, task_default  # noqa: E402
 
 from oscfast.config import StopConfig
 from oscfast.probe import risk_constants
@@ -123,7 +123,7 @@ def build_rule(rule: str, stop: StopConfig, *, cap: int, output: str, run: dict[
 def replay_case(run: dict[str, Any], setting: Setting, half: str, rule_name: str | None = None) -> Case:
     """Replay ``setting``'s wait on ``run`` with the task's default rule (or ``rule_name``)."""
     task = run["experiment"]["task"]
-    default = task_default(task)
+    default = task_default(task, run_noise(run))
     rule_name = rule_name or default.rule
     cap = run["cap"]
     rule = build_rule(rule_name, setting.stop(), cap=cap, output=default.output, run=run)

@@ -62,6 +62,14 @@ class StopConfig:
         max_estimate_width_db: ``estimated_psnr`` is shown only when its interval is at most
             this wide (its value is the interval's middle, so within half of it of the truth
             whenever the level lies in its interval).
+        twin_start: the iteration t0 at which the twin's fit B starts (issue 18, "a cheaper
+            probe"; twin probe only). Before t0 only fit A trains; at t0 fit B takes a copy of
+            fit A's whole state (weights, Adam state, reg-noise stream, averages) and trains on
+            y + n from there. This saves t0 iterations of fit B, and P_twin is 0 before t0: the
+            divergence fitted before t0 is not measured. 0 (the default): both fits from the
+            start. It must be below the iteration cap. Kept out of the repr, so that the
+            checkpoints of runs without it keep their fingerprint (the fingerprint names it
+            when it is set).
     """
 
     rule: RuleName | None = None
@@ -86,9 +94,10 @@ class StopConfig:
     plateau_patience: int = 200
     sync_every: int = 25
     level_tolerance: float = 0.02
-    level_bound: float | None = 0.8
+    level_bound: float | None = 0.85
     estimated_level_range: tuple[float, float] = (0.8, 1.05)
     max_estimate_width_db: float = 2.0
+    twin_start: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         if self.level_bound is not None and (isinstance(self.level_bound, bool) or not isinstance(self.level_bound, (int, float))
@@ -104,9 +113,10 @@ class StopConfig:
             if not math.isfinite(value) and not (name == "min_curvature" and value == -math.inf):
                 raise ValueError(f"{name} must be finite, got {value!r}")
         for name in ("half_window", "smoothing", "patience", "risk_smoothing", "min_patience", "es_patience",
-                     "plateau_patience", "sync_every", "min_wait", "jitter_window"):
+                     "plateau_patience", "sync_every", "min_wait", "jitter_window", "twin_start"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            optional = name in ("half_window", "patience", "min_patience")  # None: derived from the cap
+            if (value is not None or not optional) and (isinstance(value, bool) or not isinstance(value, int)):
                 raise TypeError(f"{name} must be an integer, got {value!r}")
         if self.rule == "osc":  # the old name of the knee rule
             object.__setattr__(self, "rule", "knee")
@@ -124,7 +134,7 @@ class StopConfig:
             ("risk_smoothing", self.risk_smoothing, 1), ("smoothing", self.smoothing, 1),
             ("sync_every", self.sync_every, 1), ("es_patience", self.es_patience, 0),
             ("plateau_patience", self.plateau_patience, 1), ("min_wait", self.min_wait, 0),
-            ("jitter_window", self.jitter_window, 6),
+            ("jitter_window", self.jitter_window, 6), ("twin_start", self.twin_start, 0),
         ]
         for name, value, low in checks:
             if value < low:

@@ -120,7 +120,8 @@ class StackedGenerators(nn.Module):
             everything after the network in fp32. The loop runs under the caller's autocast.
 
     Shape:
-        forward: (K, 1, C_in, H, W) -> (K, 1, C_out, H', W').
+        forward: (K, 1, C_in, H, W) -> (K, 1, C_out, H', W'); with ``slots``, (S, 1, C_in, H,
+        W) -> (S, 1, C_out, H', W') for the S slots named.
     """
 
     def __init__(
@@ -203,19 +204,23 @@ class StackedGenerators(nn.Module):
         return net
 
     # -- forward ------------------------------------------------------------------------------
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if z.ndim != 5 or z.shape[0] != self.num_fits:
-            raise ValueError(f"input must have shape (K={self.num_fits}, 1, C, H, W), got {tuple(z.shape)}")
+    def forward(self, z: torch.Tensor, slots: Sequence[int] | None = None) -> torch.Tensor:
+        """The fits' outputs for their inputs ``z``; with ``slots``, only those fits run (the
+        others cost nothing; their gradients stay as they are)."""
+        count = self.num_fits if slots is None else len(slots)
+        if z.ndim != 5 or z.shape[0] != count:
+            raise ValueError(f"input must have shape (K={count}, 1, C, H, W), got {tuple(z.shape)}")
         if self._compiled is not None:
             try:
-                return self._compiled_forward(z)
+                return self._compiled_forward(z, slots)
             except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
                 logger.warning("torch.compile failed (%s: %s); running the generator eagerly", type(error).__name__, error)
                 self._compiled = None
         if self.strategy in ("loop", "threads"):
-            return torch.stack([self.slot_forward(k, z[k]) for k in range(self.num_fits)])
+            chosen = range(self.num_fits) if slots is None else slots
+            return torch.stack([self.slot_forward(k, z[i]) for i, k in enumerate(chosen)])
         template = self._template[0]
-        params = {name: self._vmap_parameter(name) for name in self.names}
+        params = {name: self._vmap_parameter(name, slots) for name in self.names}
         if self.compute_dtype is None:
             return vmap(lambda p, x: functional_call(template, p, (x,)))(params, z)
         # the casts are explicit; a caller's autocast inside vmap fails on the mixed dtypes
@@ -249,14 +254,17 @@ class StackedGenerators(nn.Module):
             module._parameters[attribute] = leaf
         return self._shells[slot](z)
 
-    def map_slots(self, function: Callable[[int], _R]) -> list[_R]:
-        """``[function(k) for k in range(K)]``; with the ``"threads"`` strategy the slots run in
-        parallel worker threads (as many as the caller's intra-op threads, at most K), each
-        with one intra-op thread. ``function`` must touch only slot ``k`` (its forward via
-        :meth:`slot_forward`, its loss and its backward)."""
+    def map_slots(self, function: Callable[[int], _R], slots: Sequence[int] | None = None) -> list[_R]:
+        """``[function(k) for k in slots]`` (all K slots by default); with the ``"threads"``
+        strategy the slots run in parallel worker threads (as many as the caller's intra-op
+        threads, at most K), each with one intra-op thread. ``function`` must touch only slot
+        ``k`` (its forward via :meth:`slot_forward`, its loss and its backward). The pool is
+        sized by K, not by the slots named: a fit computes on one thread whichever others run
+        with it (a late-start twin's fit A before fit B joins), so its numbers do not change."""
+        chosen = list(range(self.num_fits)) if slots is None else list(slots)
         workers = min(self.num_fits, torch.get_num_threads())
         if self.strategy != "threads" or workers < 2:
-            return [function(k) for k in range(self.num_fits)]
+            return [function(k) for k in chosen]
         if self._pool is None or self._pool_workers != workers:
             if self._pool is not None:
                 self._pool.shutdown(wait=False)
@@ -274,24 +282,31 @@ class StackedGenerators(nn.Module):
 
         threads = torch.get_num_threads()
         try:
-            return list(self._pool.map(on_one_thread, range(self.num_fits)))
+            return list(self._pool.map(on_one_thread, chosen))
         finally:
             torch.set_num_threads(threads)  # MKL's thread count is process-wide: give the caller its own back
 
-    def _vmap_parameter(self, name: str) -> torch.Tensor:
+    def _vmap_parameter(self, name: str, slots: Sequence[int] | None = None) -> torch.Tensor:
         """A stacked parameter as the vmap forward uses it (cast for bf16 convolutions; the
-        cast is differentiable, so the fp32 master weights get the gradients)."""
+        cast is differentiable, so the fp32 master weights get the gradients); with ``slots``,
+        only their rows (stacked views: no index tensor made from host data, so a CUDA graph
+        can capture it, and the gradients flow back into those rows only)."""
         tensor = self.stacked[_key(name)]
+        if slots is not None:
+            tensor = torch.stack([tensor[k] for k in slots])
         if self.compute_dtype is not None and name in self._cast:
             return tensor.to(self.compute_dtype)
         return tensor
 
 
-    def _compiled_forward(self, z: torch.Tensor) -> torch.Tensor:
+    def _compiled_forward(self, z: torch.Tensor, slots: Sequence[int] | None = None) -> torch.Tensor:
         assert self._compiled is not None
         if self.strategy != "vmap":
-            return torch.stack([self._compiled(self.slot_parameters(k), z[k]) for k in range(self.num_fits)])
-        return self._compiled({name: self.stacked[_key(name)] for name in self.names}, z)
+            chosen = range(self.num_fits) if slots is None else slots
+            return torch.stack([self._compiled(self.slot_parameters(k), z[i]) for i, k in enumerate(chosen)])
+        if slots is None:
+            return self._compiled({name: self.stacked[_key(name)] for name in self.names}, z)
+        return self._compiled({name: torch.stack([self.stacked[_key(name)][k] for k in slots]) for name in self.names}, z)
 
 
 def _cast_input(dtype: torch.dtype) -> Callable:

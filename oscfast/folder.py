@@ -60,6 +60,9 @@ class FolderRow:
         stop_iteration, rule, probe, iterations_run, seconds: of the restoration (None unless
             restored).
         noise_level: the measurement noise level the risk rule used (None for other rules).
+        noise_model, noise_parameter: denoising's noise model (``"gaussian"``, ``"poisson"``,
+            ``"speckle"``, ``"impulse"``; ``noise="auto"`` picks one per image) and its
+            parameter (None for the other tasks and for Gaussian noise).
     """
 
     file: str
@@ -71,6 +74,8 @@ class FolderRow:
     iterations_run: int | None = None
     seconds: float | None = None
     noise_level: float | None = None
+    noise_model: str | None = None
+    noise_parameter: float | None = None
 
     @property
     def failed(self) -> bool:
@@ -369,6 +374,8 @@ def fill_row(row: FolderRow, result: Any) -> FolderRow:
     row.iterations_run = int(result.iterations_run)
     row.seconds = round(float(result.seconds), 3)
     row.noise_level = None if result.noise_level is None else float(result.noise_level)
+    row.noise_model = result.noise_model
+    row.noise_parameter = None if result.noise_parameter is None else float(result.noise_parameter)
     return row
 
 

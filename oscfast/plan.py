@@ -108,8 +108,12 @@ def make_rule(
 def plan_restoration(task: Task, config: DIPConfig, stop: StopConfig, *, seed: int) -> RunPlan:
     """The fits and rule of a restoration of ``task``.
 
+    With ``stop.twin_start = t0 > 0`` the twin's fit B branches off fit A before iteration t0
+    (:attr:`oscfast.engine.FitSpec.branch_of`): until then only fit A trains.
+
     Raises:
-        ValueError: a rule that needs the probe without one.
+        ValueError: a rule that needs the probe without one; ``twin_start`` without the twin
+            probe or not below the iteration cap.
     """
     default_probe, default_rule, default_output = default_stop(task)
     rule: RuleName = stop.rule or default_rule
@@ -130,6 +134,11 @@ def plan_restoration(task: Task, config: DIPConfig, stop: StopConfig, *, seed: i
     if rule in _NEEDS_PROBE and probe == "none":
         raise ValueError(f"rule {rule!r} reads the pseudo-noise probe: use probe='twin' or 'inline' and pseudo_noise_std > 0")
     cap = config.max_iterations
+    if stop.twin_start and probe != "twin":
+        raise ValueError(f"twin_start={stop.twin_start} delays the twin probe's second fit; this run's probe is {probe!r}"
+                         + (" (pseudo_noise_std=0)" if stop.pseudo_noise_std == 0 else ""))
+    if stop.twin_start >= cap:
+        raise ValueError(f"twin_start must be below the iteration cap ({cap}), got {stop.twin_start}")
     output = default_output if rule == default_rule else task.default_output
     if probe == "none":
         fits = [FitSpec(task, seed)]
@@ -149,6 +158,7 @@ def plan_restoration(task: Task, config: DIPConfig, stop: StopConfig, *, seed: i
         fits = [FitSpec(task, seed, probe=noise, noisy_target=True)]
         watch = Watch(rule_object, fit=0, probe=0)
     else:
-        fits = [FitSpec(task, seed, probe=noise), FitSpec(task, seed, probe=noise, noisy_target=True)]
+        late = {"branch_of": 0, "branch_at": stop.twin_start} if stop.twin_start else {}
+        fits = [FitSpec(task, seed, probe=noise), FitSpec(task, seed, probe=noise, noisy_target=True, **late)]
         watch = Watch(rule_object, fit=0, probe=1, base=0)
     return RunPlan(fits, watch, probe, rule, noise_level, constants)

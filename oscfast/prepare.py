@@ -207,6 +207,8 @@ class Prepared:
         noise = self.task.noise_choice
         if noise is not None and noise.kind != "gaussian":  # Gaussian runs keep the fingerprint they had
             prints["noise"] = repr(noise)
+        if self.stop.twin_start:  # not in StopConfig's repr: runs without it keep the fingerprint they had
+            prints["twin_start"] = str(self.stop.twin_start)
         return prints
 
 

@@ -93,6 +93,8 @@ class Restoration:
             ``"gaussian"``, whose level is ``noise_level``).
         noise_confidence: with ``noise="auto"``, how sure the pick was (0: a tie between two
             models, 1: clear; :func:`oscfast.noise_models.detect_noise`); None when named.
+        fit_iterations: the iterations each fit trained: ``(fit A,)``, or for the twin ``(fit
+            A, fit B)``, where fit B's count starts at ``StopConfig.twin_start``.
     """
 
     image: np.ndarray
@@ -128,6 +130,7 @@ class Restoration:
     estimated_psnr_interval: tuple[float, float] | None = None
     #: why ``estimated_psnr`` is None (None when it is shown)
     estimated_psnr_reason: str | None = None
+    fit_iterations: tuple[int, ...] = ()
 
     def save(self, path: str | Path, *, bit_depth: int = 8) -> Path:
         """Write the restored image (PNG/JPEG/TIFF by suffix)."""
@@ -253,6 +256,7 @@ def to_restoration(
         noise_confidence=None if task.noise_choice is None else task.noise_choice.confidence,
         estimated_psnr_interval=estimate.interval,
         estimated_psnr_reason=estimate.reason,
+        fit_iterations=record.fit_iterations,
     )
 
 

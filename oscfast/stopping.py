@@ -410,7 +410,7 @@ class RiskRule(RuleBase):
         rise_significance: float = 3.0,
         min_wait: int = 25,
         jitter_window: int = 400,
-        level_bound: float | None = 0.8,
+        level_bound: float | None = 0.85,
     ) -> None:
         if not weight >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}")

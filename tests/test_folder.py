@@ -172,3 +172,20 @@ def test_ray_backend_without_ray_names_the_extra(in_dir: Path, tmp_path: Path, m
     err = capsys.readouterr().err
     assert "pip install 'oscfast[ray]'" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_summary_names_each_images_noise_model(tmp_path: Path) -> None:
+    """noise="auto" picks a model per image: the summary says which, with its parameter."""
+    from oscfast import degrade
+
+    folder = tmp_path / "in"
+    clean = smooth_image(48, seed=4)
+    io.save_image(folder / "pepper.png", degrade(clean, "denoise", noise="impulse", severity=3, seed=1))
+    io.save_image(folder / "grain.png", degrade(clean, "denoise", sigma=0.1, seed=1))
+    out = tmp_path / "out"
+    summary = restore_folder(folder, out, "denoise", noise="auto", **RUN)
+    rows = summary_rows(out)
+    assert rows["pepper.png"]["noise_model"] == "impulse"
+    assert float(rows["pepper.png"]["noise_parameter"]) == pytest.approx(0.5, abs=0.05)  # the share replaced
+    assert rows["grain.png"]["noise_model"] == "gaussian"
+    assert {r.file: r.noise_model for r in summary.rows} == {"grain.png": "gaussian", "pepper.png": "impulse"}

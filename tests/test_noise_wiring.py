@@ -89,10 +89,13 @@ def test_restore_fits_with_the_models_data_term(kind: str, tiny_config: DIPConfi
     assert type(result.task_object) is NOISE_MODEL_TASKS[kind]
     assert result.rule == nm.STOP_RULES[kind] and result.probe == "twin"
     measured, target = image_to_tensor(result.last_image), image_to_tensor(y)
-    term = nm.data_term(nm.DATA_TERMS[kind], scale=result.noise_parameter)
+    known = image_to_tensor(nm.impulse_known_mask(y)) if kind == "impulse" else None
+    if known is not None:  # last_image has the known values put back: the fit's own are the rest
+        measured = known * measured
+    term = nm.data_term(nm.DATA_TERMS[kind], scale=result.noise_parameter, known=known)
     expected = float(term(measured, target)[0])
     assert result.history.loss[-1] == pytest.approx(expected, rel=1e-4)
-    if kind != "speckle" and kind != "gaussian":  # not MSE: the check can tell the terms apart
+    if kind == "impulse":  # not plain MSE: the check can tell the terms apart
         assert abs(float(nm.mse_data_term(measured, target)[0]) - expected) > 0.01 * expected
 
 
@@ -125,6 +128,21 @@ def test_impulse_probe_skips_values_at_0_and_1_and_uses_the_knee(tiny_config: DI
     assert job.plan.rule == "knee" and job.plan.noise_level is None
 
 
+def test_impulse_values_are_missing_data(tiny_config: DIPConfig) -> None:
+    """The impulses never reach the loss and the known values come back exactly: the same run
+    on an observation whose impulses are other values gives the same fit and image."""
+    y = _observation("impulse")
+    known = nm.impulse_known_mask(y).astype(bool)
+    other = np.where(known, y, 1.0 - y).astype(np.float32)  # every impulse flipped 0 <-> 1
+    assert np.array_equal(nm.impulse_known_mask(other).astype(bool), known)
+    runs = [restore(obs, task="denoise", noise="impulse", config=tiny_config, max_iterations=5, progress=False,
+                    device="cpu", stop="never") for obs in (y, other)]
+    np.testing.assert_array_equal(runs[0].history.loss, runs[1].history.loss)
+    np.testing.assert_array_equal(runs[0].image, runs[1].image)
+    np.testing.assert_array_equal(runs[0].image[known], y[known])  # known values put back
+    assert not np.array_equal(runs[0].image[~known], y[~known])  # the impulses are not
+
+
 def test_default_stays_gaussian(tiny_config: DIPConfig) -> None:
     """No noise=: the plain Denoise with today's probe; the same run as noise="gaussian"."""
     y = degrade(smooth_image(64), "denoise", seed=1)
@@ -141,13 +159,19 @@ def test_default_stays_gaussian(tiny_config: DIPConfig) -> None:
     assert runs[0].noise_model == "gaussian" and runs[0].noise_parameter is None
 
 
-def test_poisson_scale_is_a_buffer_and_scales_the_nll() -> None:
-    y = image_to_tensor(_observation("poisson"))
-    task = Denoise.with_noise(y, "poisson", parameter=12.0)
-    assert isinstance(task, PoissonDenoise) and "scale" in dict(task.named_buffers())
+@pytest.mark.parametrize("kind", [kind for kind in nm.NOISE_KINDS if nm.STOP_RULES[kind] == "risk"])
+def test_a_model_stopped_by_the_risk_fits_the_squared_residual(kind: str) -> None:
+    """SURE reads |x_A - y|^2: the loss of every model whose default is the risk rule must be
+    the MSE (a Poisson likelihood as the loss made the risk never rise: a run to the cap)."""
+    y = image_to_tensor(_observation(kind))
+    task = Denoise.with_noise(y, kind)
     x = torch.full_like(y, 0.4)
     assert task.loss(x, y).shape == ()
-    assert float(task.loss(x, y)) == pytest.approx(float(nm.poisson_data_term(x, y, scale=12.0)[0]), rel=1e-6)
+    assert float(task.loss(x, y)) == pytest.approx(float(torch.mean((x - y) ** 2)), rel=1e-6)
+    if kind == "poisson":  # the likelihood differs, so the check can fail
+        assert isinstance(task, PoissonDenoise)
+        likelihood = float(nm.poisson_data_term(x, y, scale=task.noise_choice.parameter)[0])
+        assert abs(likelihood - float(task.loss(x, y))) > 0.5 * float(task.loss(x, y))
 
 
 # --------------------------------------------------------------------------------------------

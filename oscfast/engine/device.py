@@ -153,6 +153,12 @@ class _DeviceState:
     The rings of recent outputs are kept only for the fits whose images are read
     (``ring_slots``: each restoration's driving fit); every fit's newest raw output is kept in
     ``last_raw``.
+
+    A slot can *mirror* another (:meth:`mirror_slot`, the late-start twin's fit B before its
+    start): it does not train (no reg-noise draw, forward, backward or Adam update of its own),
+    its output is its parent's, and its signals are computed from that output against its own
+    target; :meth:`branch` then gives it a copy of its parent's whole state, and it trains
+    from there.
     """
 
     def __init__(
@@ -239,18 +245,66 @@ class _DeviceState:
             if options.precision == "bf16"
             else contextlib.nullcontext
         )
+        #: slot -> the slot whose output it mirrors (None: it trains); see :meth:`mirror_slot`
+        self.mirror: list[int | None] = [None] * k
+        #: the slots that train, in order
+        self.active: list[int] = list(range(k))
+
+    # -- late starts ------------------------------------------------------------------------
+    def mirror_slot(self, k: int, parent: int) -> None:
+        """Let slot ``k`` mirror slot ``parent`` until :meth:`branch`: it stops training and
+        its output is ``parent``'s (a host-side switch: a captured step must be captured again)."""
+        if k == parent or self.mirror[parent] is not None:
+            raise ValueError(f"slot {k} cannot mirror slot {parent} (itself, or a slot that mirrors another)")
+        self.mirror[k] = parent
+        self.active = [slot for slot, source in enumerate(self.mirror) if source is None]
+
+    def branch(self, k: int) -> None:
+        """Start slot ``k``, which mirrors its parent, from a copy of the parent's whole state:
+        weights, Adam moments and step count, input z, the reg-noise generator's state, the
+        averages, windows and counters (those are equal already: they were computed from the
+        same outputs; copying makes the clone complete). Its trace, target and probe stay its
+        own. Not inside a captured step: a graph captured with ``k`` mirroring no longer
+        applies."""
+        parent = self.mirror[k]
+        if parent is None:
+            raise ValueError(f"slot {k} mirrors no slot: it trains already")
+        adam = self.optimizer
+        with torch.no_grad():
+            for tensor in [*self.generators.stacked.values(), *adam.exp_avg, *adam.exp_avg_sq, adam.steps, self.z, self.ema,
+                           self.last_raw, self.t]:
+                tensor[k].copy_(tensor[parent])
+            for name in ("wmv_sum", "wmv_sumsq", "emv_mean", "emv"):
+                if hasattr(self, name):
+                    getattr(self, name)[k].copy_(getattr(self, name)[parent])
+            for name in ("wmv_ring", "change_ring"):
+                if hasattr(self, name):
+                    getattr(self, name)[:, k].copy_(getattr(self, name)[:, parent])
+        self.rngs[k].set_state(self.rngs[parent].get_state())
+        if self.host_t is not None:
+            self.host_t[k] = self.host_t[parent]
+        self.mirror[k] = None
+        self.active = [slot for slot, source in enumerate(self.mirror) if source is None]
+
+    def _state_slot(self, k: int) -> int:
+        """The slot whose weights, Adam state and reg-noise stream are slot ``k``'s now (its
+        parent while it mirrors one)."""
+        parent = self.mirror[k]
+        return k if parent is None else parent
 
     # -- the step -------------------------------------------------------------------------
     def step(self) -> None:
         """One DIP iteration of every fit with all bookkeeping on the device (no host sync)."""
         self.optimizer.zero_grad()
         if self.reg_noise_std > 0:
-            for k, rng in enumerate(self.rngs):
-                self.eps[k].normal_(generator=rng)
+            for k in self.active:
+                self.eps[k].normal_(generator=self.rngs[k])
             torch.add(self.z, self.eps, alpha=self.reg_noise_std, out=self.z_in)
         else:
             self.z_in.copy_(self.z)
-        if self.generators.per_slot:
+        if len(self.active) < self.num_fits:
+            x, measured, losses = self._train_active()
+        elif self.generators.per_slot:
             # each fit's forward, loss and backward on its own (the graphs share nothing): the
             # same numbers as one backward of the summed losses, and with the "threads"
             # strategy the fits run in parallel, one CPU thread each
@@ -267,6 +321,34 @@ class _DeviceState:
         self.optimizer.step()
         with torch.no_grad():
             self._record(x.detach(), [m.detach() for m in measured], losses)
+
+    def _train_active(self) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Forward and backward of the training slots only; a mirroring slot's output and
+        measurement are its parent's, its loss that output's against its own target (no
+        backward: its gradient stays zero, so Adam leaves its weights as they are until
+        :meth:`branch` overwrites them). Returns every slot's output (K, 1, C, H, W),
+        measurements and losses, detached."""
+        active = self.active
+        if self.generators.per_slot:
+            trained = self.generators.map_slots(self._fit_forward_backward, slots=active)
+        else:
+            g = self.geometry
+            with self.autocast():
+                out = self.generators(torch.stack([self.z_in[k] for k in active]), slots=active)
+            x = out[..., g.top : g.top + self.height, g.left : g.left + self.width].float()
+            measured = [self.tasks[k](x[i]) for i, k in enumerate(active)]
+            losses = [self.tasks[k].loss(m, self.targets[k]) for k, m in zip(active, measured)]
+            torch.stack(losses).sum().backward()
+            trained = [(x[i].detach(), m.detach(), loss.detach()) for i, (m, loss) in enumerate(zip(measured, losses))]
+        by_slot = dict(zip(active, trained))
+        outputs, measurements, losses = [], [], []
+        with torch.no_grad():
+            for k, parent in enumerate(self.mirror):
+                x_k, m_k, loss_k = by_slot[k if parent is None else parent]
+                outputs.append(x_k)
+                measurements.append(m_k)
+                losses.append(loss_k if parent is None else self.tasks[k].loss(m_k, self.targets[k]))
+        return torch.stack(outputs), measurements, losses
 
     def _fit_forward_backward(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Fit ``k``'s output, measurement and loss (detached), after its backward."""
@@ -416,6 +498,9 @@ class _DeviceState:
                     getattr(self, name)[k].zero_()
         if self.host_t is not None:
             self.host_t[k] = 0
+        if self.mirror[k] is not None:  # a new fit trains unless told to mirror (mirror_slot)
+            self.mirror[k] = None
+            self.active = [slot for slot, source in enumerate(self.mirror) if source is None]
 
     def state_dict(self) -> dict[str, object]:
         """Everything a resumed run needs to continue bit for bit (CPU)."""
@@ -423,6 +508,7 @@ class _DeviceState:
             "tensors": {name: tensor.detach().cpu().clone() for name, tensor in self.named_mutable_tensors()},
             "rngs": [rng.get_state() for rng in self.rngs],
             "host_t": list(self.host_t) if self.host_t is not None else None,
+            "mirror": list(self.mirror),
         }
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
@@ -439,6 +525,13 @@ class _DeviceState:
             rng.set_state(value)
         if self.host_t is not None:
             self.host_t = list(state["host_t"])
+        # which slots mirror another (a late start before or after its branch point); a
+        # checkpoint without the key (written before late starts existed) has none
+        mirror = list(state.get("mirror", [None] * self.num_fits))
+        if len(mirror) != self.num_fits:
+            raise ValueError("the checkpoint's tensors do not match this run's")
+        self.mirror = mirror
+        self.active = [slot for slot, source in enumerate(self.mirror) if source is None]
 
     def _from_format_1(self, saved: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Name the tensors of a format-1 checkpoint (rings of every fit, no ``last_raw``)."""
@@ -458,16 +551,18 @@ class _DeviceState:
 
     # -- resume points -----------------------------------------------------------------------
     def resume_point(self, k: int) -> ResumePoint:
-        """Fit ``k``'s state now, copied to the host (:class:`ResumePoint`)."""
-        parameters = {name: tensor[k].detach().cpu().clone() for name, tensor in self.generators.stacked.items()}
+        """Fit ``k``'s state now, copied to the host (:class:`ResumePoint`); a slot that mirrors
+        another has that slot's state (its own is overwritten when it branches)."""
+        s = self._state_slot(k)
+        parameters = {name: tensor[s].detach().cpu().clone() for name, tensor in self.generators.stacked.items()}
         adam = self.optimizer
         return ResumePoint(
             iteration=int(self.host_t[k]) if self.host_t is not None else int(self.t[k]),
             parameters=parameters,
-            exp_avg=[m[k].detach().cpu().clone() for m in adam.exp_avg],
-            exp_avg_sq=[v[k].detach().cpu().clone() for v in adam.exp_avg_sq],
-            adam_step=float(adam.steps[k]),
-            rng_state=self.rngs[k].get_state(),
+            exp_avg=[m[s].detach().cpu().clone() for m in adam.exp_avg],
+            exp_avg_sq=[v[s].detach().cpu().clone() for v in adam.exp_avg_sq],
+            adam_step=float(adam.steps[s]),
+            rng_state=self.rngs[s].get_state(),
             ema=self.ema[k].detach().cpu().clone(),
         )
 

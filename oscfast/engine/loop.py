@@ -88,6 +88,9 @@ class Group:
     seconds: float = 0.0
     #: the driving fit's states at the syncs its rule may still return from (oldest first)
     resume_points: list[ResumePoint] = field(default_factory=list)
+    #: fit index -> (the fit it branches off, the iteration before which it does), for the fits
+    #: that start late (:attr:`FitSpec.branch_of`)
+    branches: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def leader(self) -> Watch:
@@ -117,6 +120,20 @@ def _check_group(fits: Sequence[FitSpec], watches: Sequence[Watch], driver: int,
                 raise ValueError(f"watch {watch.label!r} names fit {index}, there are {len(fits)}")
         if watch.rule.max_iterations < cap:
             raise ValueError(f"rule {watch.label!r} holds {watch.rule.max_iterations} iterations, the cap is {cap}")
+    for index, fit in enumerate(fits):
+        if fit.branch_of is None:
+            continue
+        if not 0 <= fit.branch_of < len(fits) or fit.branch_of == index:
+            raise ValueError(f"fit {index} branches off fit {fit.branch_of}: not another fit of its group (have {len(fits)})")
+        if fits[fit.branch_of].branch_of is not None:
+            raise ValueError(f"fit {index} branches off fit {fit.branch_of}, which branches off another fit itself")
+        if fit.branch_at >= cap:
+            raise ValueError(f"fit {index} branches off at iteration {fit.branch_at}, at or after the cap of {cap}")
+
+
+def _branches(fits: Sequence[FitSpec]) -> dict[int, tuple[int, int]]:
+    """Fit index -> (parent, branch point) for the fits of a group that start late."""
+    return {index: (fit.branch_of, fit.branch_at) for index, fit in enumerate(fits) if fit.branch_of is not None}
 
 
 class BatchRun:
@@ -154,7 +171,7 @@ class BatchRun:
             _check_group(group_fits, watches, driver, cap)
             slots = list(range(len(fits), len(fits) + len(group_fits)))
             fits.extend(group_fits)
-            self.groups.append(Group(slots, list(watches), driver, tag))
+            self.groups.append(Group(slots, list(watches), driver, tag, branches=_branches(group_fits)))
         shapes = {fit.task.output_shape for fit in fits}
         if len(shapes) > 1:
             raise ValueError(f"all fits must have one output shape, got {sorted(shapes)}")
@@ -177,14 +194,25 @@ class BatchRun:
             )
         self.state = _DeviceState(fits, config, signals=self.signals, metrics=self.metrics, ring_size=ring_size,
                                   options=options, ring_slots=ring_slots)
+        for group in self.groups:
+            self._mirror_late_fits(group)
         #: the clock of group times (synchronises the device before each read)
         self.clock = device_clock(options.device)
         self.seconds = 0.0
         self.steps = 0
+        #: per slot: the iterations its fit trained (a late fit's count starts at its branch point)
+        self.fit_steps = [0] * len(fits)
         #: False while a step block runs: a state_dict taken then (after Ctrl-C) would not resume
         self.consistent = True
         self._graph: torch.cuda.CUDAGraph | None = None
+        #: which slots mirrored which when the graph was captured (a graph replays that step only)
+        self._graph_key: tuple[int | None, ...] | None = None
         self._graph_warned = False
+
+    def _mirror_late_fits(self, group: Group) -> None:
+        """Let the group's late fits mirror their parents until their branch points."""
+        for fit, (parent, _) in group.branches.items():
+            self.state.mirror_slot(group.slots[fit], group.slots[parent])
 
     # -- slots ------------------------------------------------------------------------------
     def replace_group(self, index: int, fits: Sequence[FitSpec], watches: Sequence[Watch], driver: int = 0, tag: object = None) -> None:
@@ -198,7 +226,7 @@ class BatchRun:
         missing = set().union(*(w.rule.needs for w in watches)) & set(ENGINE_SIGNALS) - set(self.signals)
         if missing:
             raise ValueError(f"this run does not compute the signals {sorted(missing)}")
-        new = Group(list(old.slots), list(watches), driver, tag)
+        new = Group(list(old.slots), list(watches), driver, tag, branches=_branches(fits))
         if self.state.ring_row[new.slot(new.leader.fit)] is None:
             raise ValueError(
                 f"the new driving fit {new.leader.fit} runs in slot {new.slot(new.leader.fit)}, which keeps no ring "
@@ -206,6 +234,8 @@ class BatchRun:
             )
         for slot, fit in zip(old.slots, fits):
             self.state.load_fit(slot, fit, self.config)
+            self.fit_steps[slot] = 0
+        self._mirror_late_fits(new)
         self.groups[index] = new
 
     # -- the loop ----------------------------------------------------------------------------
@@ -224,7 +254,7 @@ class BatchRun:
         ``cancel`` (a callable or an Event) and Ctrl-C end every group at the next sync with its
         current choice (``group.interrupted``); ``checkpoint(self)`` is called after each sync.
         """
-        options, state = self.options, self.state
+        options = self.options
         cap = self.config.max_iterations
         clock = self.clock
         start = clock.now()
@@ -232,10 +262,7 @@ class BatchRun:
         bar = tqdm(total=total, disable=not options.progress, unit="it", leave=False)
         try:
             with _device_scope(options.device), _backend_flags(options):
-                if options.use_cuda_graph and self._graph is None and not self._graph_warned:
-                    self._graph, _ = _graph_or_eager(state)
-                    self._graph_warned = self._graph is None
-                run_step = self._graph.replay if self._graph is not None else state.step
+                self._stepper()  # the first capture, outside the groups' times (a late start's is inside)
                 self._keep_resume_points()
                 while any(not g.finished for g in self.groups):
                     count = min(options.sync_every, *(cap - g.done for g in self.groups if not g.finished))
@@ -243,8 +270,7 @@ class BatchRun:
                     running = [g for g in self.groups if not g.finished]
                     try:
                         self.consistent = False  # the device runs ahead of the host's counters
-                        for _ in range(count):
-                            run_step()
+                        self._run_block(count)
                         self.consistent = True
                         self.steps += count
                         block_end = clock.now()  # the device's work, not the launches
@@ -263,6 +289,49 @@ class BatchRun:
         finally:
             bar.close()
             self.seconds += clock.now() - start
+
+    def _run_block(self, count: int) -> None:
+        """``count`` steps; a late fit whose branch point falls inside them branches off its
+        parent right before that iteration (the step it then joins is another step: captured
+        again, or eager)."""
+        branch_points: dict[int, list[int]] = {}
+        for group in self.groups:
+            if group.finished:
+                continue
+            for fit, (_, at) in group.branches.items():
+                slot = group.slots[fit]
+                offset = max(at - group.done, 0)
+                if self.state.mirror[slot] is not None and offset < count:
+                    branch_points.setdefault(offset, []).append(slot)
+        # a finished group's slots step on until the batch ends (or a refill): not its fits' work
+        running = {slot for group in self.groups if not group.finished for slot in group.slots}
+        done = 0
+        for offset in [*sorted(branch_points), count]:
+            if offset > done:
+                run_step = self._stepper()
+                for _ in range(offset - done):
+                    run_step()
+                for slot in self.state.active:
+                    if slot in running:
+                        self.fit_steps[slot] += offset - done
+                done = offset
+            for slot in branch_points.get(offset, ()):
+                logger.debug("slot %d branches off slot %d's state", slot, self.state.mirror[slot])
+                self.state.branch(slot)
+
+    def _stepper(self) -> Callable[[], None]:
+        """The step to call: the CUDA graph captured for the slots that train now (captured
+        again when they changed: a late fit branched off, or a refill), or the eager step."""
+        if self.options.use_cuda_graph and not self._graph_warned:
+            key = tuple(self.state.mirror)
+            if self._graph is None or key != self._graph_key:
+                if self._graph is not None:
+                    logger.info("the slots that train changed (%s -> %s): capturing the step again", self._graph_key, key)
+                self._graph = None  # the old graph's memory goes before the new capture
+                self._graph, _ = _graph_or_eager(self.state)
+                self._graph_key = key
+                self._graph_warned = self._graph is None
+        return self._graph.replay if self._graph is not None else self.state.step
 
     def _keep_resume_points(self) -> None:
         """At a sync: keep the driving fits' :class:`ResumePoint` and drop the ones no choice
@@ -339,6 +408,7 @@ class BatchRun:
             "steps": self.steps,
             "seconds": self.seconds,
             "group_seconds": [g.seconds for g in self.groups],
+            "fit_steps": list(self.fit_steps),
         }
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
@@ -355,6 +425,12 @@ class BatchRun:
         self.steps, self.seconds = state["steps"], state["seconds"]
         for group, seconds in zip(self.groups, state["group_seconds"]):
             group.seconds = seconds
+        if "fit_steps" in state:
+            self.fit_steps = list(state["fit_steps"])
+        else:  # written before late starts: every fit trained at every iteration of its group
+            for group in self.groups:
+                for slot in group.slots:
+                    self.fit_steps[slot] = group.done
 
     # -- results -----------------------------------------------------------------------------
     def record(self, index: int = 0) -> RunRecord:
@@ -378,6 +454,7 @@ class BatchRun:
             interrupted=group.interrupted,
             resume_point=_point_before(group.resume_points, group.leader.rule.decision.iteration
                                        if group.leader.rule.decision.iteration is not None else done - 1),
+            fit_iterations=tuple(self.fit_steps[slot] for slot in group.slots),
         )
 
 
@@ -470,6 +547,8 @@ def _run_to_snapshot(run: BatchRun, fit: int, iteration: int, resume_from: Resum
 def _snapshot_steps(run: BatchRun, fit: int, iteration: int, resume_from: ResumePoint | None) -> RunRecord:
     if iteration < 0:
         raise ValueError(f"snapshot_iteration must be >= 0, got {iteration}")
+    if fit in run.groups[0].branches:
+        raise ValueError(f"fit {fit} branches off another fit: a snapshot replays a fit that trains from iteration 0")
     state = run.state
     start = time.perf_counter()
     first = 0

@@ -101,16 +101,31 @@ class FitSpec:
         seed: initial weights (seed), input z (seed + 1), reg-noise draws (seed + 2).
         probe: the pseudo-noise n this fit's P is measured against (None: no P).
         noisy_target: the target is y + n (the probed fit) instead of y.
+        branch_of: the fit (an index into its group's fits) this fit branches off, or None.
+            A branching fit does not train before iteration ``branch_at``: its output there
+            is its parent's (so its signals are computed from the parent's output against its
+            own target, and P_twin is 0); before iteration ``branch_at`` runs it takes a copy
+            of the parent's whole state (weights, Adam moments and step count, input, the
+            reg-noise generator's state, averages and windows) and trains on its own target
+            from then on (the late-start twin, ``StopConfig.twin_start``). Its own ``seed``
+            is then unused.
+        branch_at: the iteration before which the fit branches off ``branch_of``.
     """
 
     task: Task
     seed: int = 0
     probe: torch.Tensor | None = None
     noisy_target: bool = False
+    branch_of: int | None = None
+    branch_at: int = 0
 
     def __post_init__(self) -> None:
         if self.noisy_target and self.probe is None:
             raise ValueError("a noisy target needs the pseudo-noise (probe=)")
+        if self.branch_of is None and self.branch_at != 0:
+            raise ValueError(f"branch_at={self.branch_at} needs the fit it branches off (branch_of=)")
+        if isinstance(self.branch_at, bool) or not isinstance(self.branch_at, int) or self.branch_at < 0:
+            raise ValueError(f"branch_at must be an integer >= 0, got {self.branch_at!r}")
 
 
 @dataclass
@@ -206,6 +221,8 @@ class RunRecord:
         interrupted: the run was cancelled or interrupted before its rule fired.
         resume_point: the driving fit's latest :class:`ResumePoint` at or before the chosen
             iteration (None when none was kept): the export continues from it.
+        fit_iterations: the iterations each fit actually trained (a fit that branches off
+            another, :attr:`FitSpec.branch_of`, counts from its branch point on).
     """
 
     decisions: list[Decision]
@@ -220,6 +237,7 @@ class RunRecord:
     generator_snapshot: GeneratorSnapshot | None = None
     interrupted: bool = False
     resume_point: ResumePoint | None = None
+    fit_iterations: tuple[int, ...] = ()
 
     @property
     def decision(self) -> Decision:
