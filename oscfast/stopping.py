@@ -388,9 +388,9 @@ class RiskRule(RuleBase):
         rise_significance, min_wait, jitter_window: the evidence wait.
         level_bound: kappa, the share of the run's level bound ``B`` (in ``s^2``) the level
             may reach (1: the bound itself; None: the given level as it is, the rule before
-            issue 15). 0.8 was chosen on the selection half (bench/results/noise-study.md:
-            two recorded denoising runs, F16 at 25 and 15 /255; the bound's excess over the
-            truth grows as the noise falls). Only for the twin's constants (an unbiased risk, ``offset < 0``).
+            issue 15). 0.85 is chosen on the selection half (bench/results/noise-study.md:
+            F16 at 15, 25 and 50 /255, Kate at 15 /255 and the two JPEG runs; a smaller kappa
+            cuts a tight bound, at high noise, below the truth). Only for the twin's constants (an unbiased risk, ``offset < 0``).
     """
 
     name = "risk"
